@@ -1,0 +1,404 @@
+"""Tests for bv.core.checkpoint: exact round trips, atomic saves, pruning and crash safety."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import numpy as np
+import optax
+import pytest
+from safetensors import safe_open
+
+from bv.core import checkpoint
+from bv.core.tree import flatten_with_names
+
+
+def _params() -> dict[str, Any]:
+    rng = np.random.default_rng(0)
+    bf16_bits = rng.integers(0, 2**16, size=(3, 2), dtype=np.uint16)
+    bf16_bits[0, 0] = 0x7FC1  # a NaN with a payload: must survive bit for bit
+    return {
+        "enc": {"w": jax.device_put(rng.normal(size=(2, 3)).astype(np.float32)), "b": jax.device_put(np.arange(3.0))},
+        "head": {"w": jax.device_put(bf16_bits.view(jnp.bfloat16))},
+    }
+
+
+def _randomised(tree: Any, seed: int) -> Any:
+    """``tree`` with every leaf replaced by random bits of the same shape and dtype (no zeros to hide behind)."""
+    rng = np.random.default_rng(seed)
+
+    def fill(x: Any) -> Any:
+        bits = rng.integers(0, 256, size=np.dtype(x.dtype).itemsize * x.size, dtype=np.uint8)
+        return jax.device_put(bits.view(x.dtype).reshape(x.shape))
+
+    return jax.tree.map(fill, tree)
+
+
+def _state() -> dict[str, Any]:
+    params = _params()
+    labels = {"enc": {"w": "adam", "b": "frozen"}, "head": {"w": "adam"}}
+    multi = optax.multi_transform({"adam": optax.adam(1e-3), "frozen": optax.set_to_zero()}, labels)
+    chain = optax.chain(
+        optax.clip_by_global_norm(1.0),
+        optax.scale_by_adam(mu_dtype=jnp.bfloat16),
+        optax.masked(optax.add_decayed_weights(1e-4), {"enc": {"w": True, "b": False}, "head": {"w": True}}),
+        optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+    )
+    return {
+        "params": params,
+        "opt": {
+            "adam": _randomised(optax.adam(1e-3).init(params), seed=1),
+            "multi": _randomised(multi.init(params), seed=2),
+            "chain": chain.init(params),
+        },
+        "rng_raw": jax.random.PRNGKey(7),
+        "rng_typed": jax.random.key(3),
+        "rng_split": jax.random.split(jax.random.key(5), 4),
+        "step": jax.device_put(np.int32(12)),
+        "seen": np.int64(1234),
+        "f8": np.arange(4, dtype=np.float32).astype(jnp.float8_e4m3fn),
+        "c128": np.array([1 + 2j, -3.5j], np.complex128),
+    }
+
+
+def _bits(x: Any) -> tuple[str, tuple[int, ...], bytes]:
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return str(x.dtype), tuple(x.shape), np.asarray(jax.random.key_data(x)).tobytes()
+    a = np.asarray(x)
+    return a.dtype.name, a.shape, a.tobytes()
+
+
+def _assert_bitwise_equal(a: Any, b: Any) -> None:
+    structure: Any = jax.tree.structure(a)
+    assert structure == jax.tree.structure(b)
+    names_a = [n for n, _ in flatten_with_names(a)]
+    assert names_a == [n for n, _ in flatten_with_names(b)]
+    for name, x, y in zip(names_a, jax.tree.leaves(a), jax.tree.leaves(b)):
+        assert _bits(x) == _bits(y), name
+
+
+def _shapes(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+def _snapshot(root: str) -> dict[str, tuple[int, int, str]]:
+    out = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()
+            st = os.stat(path)
+            out[path] = (st.st_size, st.st_mtime_ns, digest)
+    return out
+
+
+def test_round_trip_is_bitwise_with_the_same_structure(tmp_path):
+    state = _state()
+    path = checkpoint.save(str(tmp_path), 12, state, metadata={"data": {"epoch": 1, "index": 96}, "lr": 0.5})
+    assert path == os.path.join(str(tmp_path), "checkpoints", "ckpt-000000012")
+    assert sorted(os.listdir(path)) == ["checkpoint.json", "state.safetensors"]
+
+    for template in (state, _shapes(state)):
+        restored, metadata = checkpoint.restore(path, template)
+        _assert_bitwise_equal(restored, state)
+        assert metadata == {"data": {"epoch": 1, "index": 96}, "lr": 0.5, "step": 12}
+    # Typed keys come back as typed keys that still drive jax.random identically.
+    assert jnp.array_equal(
+        jax.random.key_data(jax.random.split(restored["rng_typed"])),
+        jax.random.key_data(jax.random.split(state["rng_typed"])),
+    )
+    assert isinstance(restored["params"]["enc"]["w"], jax.Array)
+    assert restored["opt"]["chain"][1].mu["enc"]["w"].dtype == jnp.bfloat16
+
+
+def test_numpy_and_python_leaves_keep_their_kind(tmp_path):
+    state = {"a": np.arange(3, dtype=np.int16), "n": 5, "x": 0.25, "flag": True, "s": np.float32(2.5)}
+    path = checkpoint.save(str(tmp_path), 0, state)
+    restored, _ = checkpoint.restore(path, state)
+    assert isinstance(restored["a"], np.ndarray) and restored["a"].dtype == np.int16
+    assert restored["n"] == 5 and type(restored["n"]) is int
+    assert restored["x"] == 0.25 and type(restored["x"]) is float
+    assert restored["flag"] is True
+    assert isinstance(restored["s"], np.float32) and restored["s"] == 2.5
+
+
+def test_bfloat16_is_stored_as_a_uint16_view_with_its_true_dtype_recorded(tmp_path):
+    path = checkpoint.save(str(tmp_path), 1, _state())
+    with safe_open(os.path.join(path, "state.safetensors"), framework="np") as f:
+        assert f.get_tensor("params/head/w").dtype == np.uint16
+        assert f.get_tensor("rng_typed").dtype == np.uint32
+        assert f.metadata()["format"] == "bv-checkpoint"
+    with open(os.path.join(path, "checkpoint.json")) as f:
+        leaves = {leaf["name"]: leaf for leaf in json.load(f)["leaves"]}
+    assert leaves["params/head/w"]["dtype"] == "bfloat16"
+    assert leaves["rng_split"]["dtype"] == "key<fry>" and leaves["rng_split"]["shape"] == [4]
+
+
+def test_load_params_needs_no_template(tmp_path):
+    state = _state()
+    path = checkpoint.save(str(tmp_path), 3, state)
+    params = checkpoint.load_params(path)
+    assert set(params) == {"enc", "head"} and set(params["enc"]) == {"w", "b"}
+    assert isinstance(params["enc"]["w"], np.ndarray)
+    np.testing.assert_array_equal(params["enc"]["w"], np.asarray(state["params"]["enc"]["w"]))
+    assert params["head"]["w"].dtype == jnp.bfloat16
+    assert params["head"]["w"].tobytes() == np.asarray(state["params"]["head"]["w"]).tobytes()
+    assert set(checkpoint.load_params(path, "params/enc")) == {"w", "b"}
+    assert set(checkpoint.load_params(path, None)) >= {"params", "opt", "rng_raw", "step"}
+    with pytest.raises(KeyError, match="no leaves under 'model'.*'params'"):
+        checkpoint.load_params(path, "model")
+
+
+def test_latest_follows_saves_and_pruning_keeps_last_and_every(tmp_path):
+    workdir = str(tmp_path)
+    assert checkpoint.latest(workdir) is None
+    state = {"w": np.zeros(2, np.float32)}
+    for step in range(1, 11):
+        path = checkpoint.save(workdir, step, {"w": np.full(2, step, np.float32)}, keep_last=2, keep_every=4)
+        assert checkpoint.latest(workdir) == path
+        assert checkpoint.restore(checkpoint.latest(workdir), state)[1]["step"] == step
+    steps = [int(os.path.basename(p)[5:]) for p in checkpoint.list_checkpoints(workdir)]
+    assert steps == [4, 8, 9, 10]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+        "LAST",
+        "ckpt-000000004",
+        "ckpt-000000008",
+        "ckpt-000000009",
+        "ckpt-000000010",
+    ]
+    restored, _ = checkpoint.restore(checkpoint.list_checkpoints(workdir)[0], state)
+    np.testing.assert_array_equal(restored["w"], [4, 4])
+
+
+def test_saving_a_step_again_replaces_it(tmp_path):
+    workdir = str(tmp_path)
+    checkpoint.save(workdir, 5, {"w": np.zeros(2)})
+    path = checkpoint.save(workdir, 5, {"w": np.ones(2)}, metadata={"again": True})
+    restored, metadata = checkpoint.restore(path, {"w": np.zeros(2)})
+    np.testing.assert_array_equal(restored["w"], [1, 1])
+    assert metadata == {"again": True, "step": 5}
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["LAST", "ckpt-000000005"]
+
+
+def test_half_written_checkpoints_are_never_returned(tmp_path):
+    workdir = str(tmp_path)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    good = checkpoint.save(workdir, 10, {"w": np.arange(1000, dtype=np.float32)})
+    # A killed save of step 20: a temporary folder holding a complete-looking but truncated copy.
+    tmp = os.path.join(ckpt_dir, ".tmp-ckpt-000000020-dead")
+    os.mkdir(tmp)
+    for name in ("state.safetensors", "checkpoint.json"):
+        with open(os.path.join(good, name), "rb") as src, open(os.path.join(tmp, name), "wb") as dst:
+            dst.write(src.read())
+    with open(os.path.join(tmp, "state.safetensors"), "r+b") as f:
+        f.truncate(100)
+    with open(os.path.join(ckpt_dir, ".tmp-LAST-dead"), "w") as f:
+        f.write(".tmp-ckpt-000000020-dead\n")
+    assert checkpoint.latest(workdir) == good
+
+    # LAST names a checkpoint that is gone, or a temporary folder.
+    for pointer in ("ckpt-000000030", ".tmp-ckpt-000000020-dead", "../../elsewhere", ""):
+        with open(os.path.join(ckpt_dir, "LAST"), "w") as f:
+            f.write(pointer + "\n")
+        assert checkpoint.latest(workdir) == good
+    os.remove(os.path.join(ckpt_dir, "LAST"))
+    assert checkpoint.latest(workdir) == good
+
+    # A folder with a real name whose arrays file is truncated, and one with no description.
+    bad = os.path.join(ckpt_dir, "ckpt-000000040")
+    os.mkdir(bad)
+    for name in ("state.safetensors", "checkpoint.json"):
+        with open(os.path.join(good, name), "rb") as src, open(os.path.join(bad, name), "wb") as dst:
+            dst.write(src.read())
+    with open(os.path.join(bad, "checkpoint.json")) as f:
+        info = json.load(f)
+    info["step"] = 40
+    with open(os.path.join(bad, "checkpoint.json"), "w") as f:
+        json.dump(info, f)
+    assert checkpoint.latest(workdir).endswith("ckpt-000000040")  # sanity: a complete copy is accepted
+    with open(os.path.join(bad, "state.safetensors"), "r+b") as f:
+        f.truncate(500)
+    os.mkdir(os.path.join(ckpt_dir, "ckpt-000000050"))
+    with open(os.path.join(ckpt_dir, "LAST"), "w") as f:
+        f.write("ckpt-000000040\n")
+    assert checkpoint.latest(workdir) == good
+    assert checkpoint.list_checkpoints(workdir) == [good]
+
+    # The next save removes the temporary leftovers.
+    checkpoint.save(workdir, 60, {"w": np.zeros(3)}, keep_last=5)
+    assert not [n for n in os.listdir(ckpt_dir) if n.startswith(".tmp-")]
+
+
+def test_mismatched_template_raises_and_touches_nothing(tmp_path):
+    state = _state()
+    path = checkpoint.save(str(tmp_path), 2, state)
+    before = _snapshot(str(tmp_path))
+
+    extra = _shapes(state)
+    extra["params"]["new"] = {"kernel": jax.ShapeDtypeStruct((4, 4), jnp.float32)}
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"missing from the checkpoint: params/new/kernel"):
+        checkpoint.restore(path, extra)
+
+    missing = _shapes(state)
+    del missing["params"]["head"]
+    with pytest.raises(checkpoint.CheckpointMismatchError) as err:
+        checkpoint.restore(path, missing)
+    assert "does not match the model/optimizer" in str(err.value)
+    assert "unexpected in the checkpoint: params/head/w (bfloat16[3,2])" in str(err.value)
+
+    wrong_shape = _shapes(state)
+    wrong_shape["params"]["enc"]["w"] = jax.ShapeDtypeStruct((3, 3), jnp.float32)
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"shape differs: params/enc/w is \(2, 3\).*\(3, 3\)"):
+        checkpoint.restore(path, wrong_shape)
+
+    wrong_dtype = _shapes(state)
+    wrong_dtype["params"]["head"]["w"] = jax.ShapeDtypeStruct((3, 2), jnp.float32)
+    wrong_dtype["rng_typed"] = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    with pytest.raises(checkpoint.CheckpointMismatchError) as err:
+        checkpoint.restore(path, wrong_dtype)
+    message = str(err.value)
+    assert "dtype differs: params/head/w is bfloat16 in the checkpoint vs float32 expected" in message
+    assert "rng_typed" in message and "2 leaves differ" in message
+
+    # A new optimizer changes many leaves: only the first few are listed.
+    other_opt = _shapes({**state, "opt": optax.lion(1e-3).init(state["params"])})
+    with pytest.raises(checkpoint.CheckpointMismatchError, match=r"\.\.\. and \d+ more"):
+        checkpoint.restore(path, other_opt)
+
+    checkpoint.restore(path, state)
+    checkpoint.load_params(path)
+    checkpoint.latest(str(tmp_path))
+    assert _snapshot(str(tmp_path)) == before
+
+
+def test_bad_inputs_fail_before_writing(tmp_path):
+    workdir = str(tmp_path)
+    with pytest.raises(TypeError, match="'tag'.*metadata"):
+        checkpoint.save(workdir, 1, {"tag": np.array(["a"])})
+    with pytest.raises(TypeError, match="JSON"):
+        checkpoint.save(workdir, 1, {"w": np.zeros(1)}, metadata={"obj": object()})
+    with pytest.raises(ValueError, match="both named 'a/b'"):
+        checkpoint.save(workdir, 1, {"a/b": np.zeros(1), "a": {"b": np.zeros(1)}})
+    with pytest.raises(ValueError, match="keep_last"):
+        checkpoint.save(workdir, 1, {"w": np.zeros(1)}, keep_last=0)
+    with pytest.raises(ValueError, match="step"):
+        checkpoint.save(workdir, -1, {"w": np.zeros(1)})
+    assert not os.path.exists(os.path.join(workdir, "checkpoints"))
+    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+        checkpoint.restore(workdir, {})
+
+
+def test_no_pickle_is_used(tmp_path, monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("pickle was used")
+
+    for name in ("dump", "dumps", "load", "loads", "Pickler", "Unpickler"):
+        monkeypatch.setattr(pickle, name, forbidden)
+    state = _state()
+    path = checkpoint.save(str(tmp_path), 4, state, metadata={"a": [1, 2]})
+    restored, _ = checkpoint.restore(checkpoint.latest(str(tmp_path)), _shapes(state))
+    _assert_bitwise_equal(restored, state)
+    checkpoint.load_params(path)
+    with open(checkpoint.__file__) as f:
+        module = ast.parse(f.read())
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(module) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(module) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert not imported & {"pickle", "cloudpickle", "dill", "joblib", "shelve", "marshal"}
+    numpy_io = [
+        node.attr
+        for node in ast.walk(module)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("np", "numpy")
+        if node.attr in ("load", "save", "savez", "savez_compressed")
+    ]
+    assert not numpy_io
+
+
+_CRASH_SCRIPT = """
+import sys
+import numpy as np
+from bv.core import checkpoint
+
+workdir = sys.argv[1]
+step = int(sys.stdin.readline())  # imports are done; wait for the step to resume from
+while True:
+    state = {
+        "params": {"w": np.full((1024, 1024), step, np.float32), "b": np.full((4096,), step, np.int32)},
+        "opt": {"mu": np.full((1024, 1024), step, np.float32)},
+    }
+    checkpoint.save(workdir, step, state, metadata={"step_again": step}, keep_last=2)
+    print(step, flush=True)
+    step += 1
+"""
+
+
+def test_sigkill_at_random_moments_always_leaves_a_restorable_checkpoint(tmp_path):
+    script = tmp_path / "saver.py"
+    script.write_text(_CRASH_SCRIPT)
+    workdir = str(tmp_path / "work")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "JAX_PLATFORMS": "cpu"}
+    template = {
+        "params": {"w": np.zeros((1024, 1024), np.float32), "b": np.zeros((4096,), np.int32)},
+        "opt": {"mu": np.zeros((1024, 1024), np.float32)},
+    }
+    rand = random.Random(1234)
+    # Start every run at once so that their slow imports overlap; each waits for its resume step.
+    runs = [
+        subprocess.Popen(
+            [sys.executable, str(script), workdir],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    resume_step, last_step = 0, -1
+    try:
+        for proc in runs:
+            assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+            proc.stdin.write(f"{resume_step}\n")
+            proc.stdin.flush()
+            first = proc.stdout.readline()  # one save is done: now kill it at a random moment
+            if not first:
+                proc.wait()
+                pytest.fail(f"the saving subprocess failed:\n{proc.stderr.read()}")
+            time.sleep(rand.uniform(0.0, 0.3))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+
+            path = checkpoint.latest(workdir)
+            assert path is not None and not os.path.basename(path).startswith(".tmp")
+            restored, metadata = checkpoint.restore(path, template)
+            step = metadata["step"]
+            assert metadata["step_again"] == step >= max(last_step, resume_step)
+            assert np.all(restored["params"]["w"] == step) and np.all(restored["opt"]["mu"] == step)
+            assert np.all(restored["params"]["b"] == step)
+            last_step, resume_step = step, step + 1
+    finally:
+        for proc in runs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+    checkpoint.save(workdir, resume_step, template, keep_last=2)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    assert not [n for n in os.listdir(ckpt_dir) if n.startswith(".tmp-")]
+    assert len(checkpoint.list_checkpoints(workdir)) == 2
