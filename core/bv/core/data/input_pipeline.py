@@ -1,0 +1,345 @@
+"""tf.data input pipelines over TFDS data sets, for training and for evaluation.
+
+Everything here stays in numpy/TF land and yields per-host batches; the trainer
+places them on devices (``to_global_arrays``).
+
+Training streams are a pure function of ``(seed, host)``: each host reads its own
+part of the split, shuffles it with a seed derived from ``(seed, host, epoch)``,
+repeats forever, and gives every example a running index and a per-example seed
+``_rng`` derived from ``(seed, host, index)``. Random pp ops read ``data["_rng"]``
+(an int64 ``[2]`` seed for TF's stateless random ops) instead of global TF seeds, so
+that the same run gives the same batches, and a resumed run gives the batches of
+the uninterrupted one (``start_index``). One caveat: tf.data's shuffle also mixes in
+TF's global seed, so code that calls ``tf.random.set_seed`` changes the order (bv
+never sets it).
+
+Eval streams visit each example of the split exactly once over all hosts, pad to
+full batches with zeros marked ``_mask=False``, and take the same number of steps
+on every host, so that no host waits forever on a collective.
+
+Raw examples carry ``_id``, an int32 hash of TFDS's example id. Images are not
+decoded on read (``skip_decode``), so pp strings start with ``decode``, as in
+big_vision.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from bv.core import registry
+from bv.core import tree as bv_tree
+from bv.core.data import custom
+from bv.core.data import embedded  # noqa: F401  (registers the embedded data sets)
+
+AUTOTUNE = tf.data.AUTOTUNE
+PreprocessFn = Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]]
+
+# Keys for the strong hash of TFDS ids into ``_id``, and the fixed seed of eval pipelines.
+_ID_HASH_KEY = (0x62765F69645F6B31, 0x5446445349445321)
+_EVAL_SEED = 0
+
+
+# ---------------------------------------------------------------------------
+# Data sets
+# ---------------------------------------------------------------------------
+
+
+def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+    """The TFDS builder for ``name``: an embedded data set, or any TFDS data set.
+
+    Embedded names (``bv.core.registry.datasets``: ``mnist5k``, ``digits``, ...) are
+    built into ``data_dir`` on first use. Other names go to ``tfds.builder``, which
+    also finds data sets written by ``bv.core.data.custom`` into ``data_dir``.
+    ``data_dir`` defaults to ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
+    """
+    data_dir = data_dir or custom.default_data_dir()
+    if name in registry.datasets:
+        builder: tfds.core.DatasetBuilder = registry.datasets.get(name)(data_dir=data_dir)
+        return builder
+    try:
+        return tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        known = ", ".join(registry.datasets.names())
+        raise registry.UnknownNameError(
+            f"Unknown dataset {name!r}: it is not an embedded data set (known: {known}), "
+            f"not a TFDS data set, and not found in {data_dir!r}. TFDS said: {e}"
+        ) from None
+
+
+def num_examples(builder: tfds.core.DatasetBuilder, split: tfds.typing.SplitArg) -> int:
+    """Number of examples in a TFDS split string such as ``"train[:90%]"`` or ``"train+test"``."""
+    splits = builder.info.splits
+    if splits:
+        return int(splits[split].num_examples)
+    # No split metadata, as under `tfds.testing.mock_data`: ask the data itself.
+    try:
+        cardinality = int(builder.as_dataset(split=split).cardinality())
+    except (AssertionError, FileNotFoundError):  # TFDS asserts that the data was prepared.
+        cardinality = -1
+    if cardinality < 0:
+        raise ValueError(
+            f"Data set {builder.info.name!r} has no prepared data in {builder.data_dir!r}; "
+            f"prepare it first (e.g. `tfds build {builder.info.name} --data_dir=...`)."
+        )
+    return cardinality
+
+
+def host_split(split: str, process_index: int, process_count: int) -> tfds.typing.SplitArg:
+    """The part of ``split`` that host ``process_index`` of ``process_count`` reads (near-even parts)."""
+    return tfds.even_splits(split, n=process_count)[process_index]
+
+
+def _read(
+    builder: tfds.core.DatasetBuilder, split: tfds.typing.SplitArg, skip_decode: Sequence[str]
+) -> tf.data.Dataset:
+    """Raw examples of ``split`` in the stored order, with ``_id`` and undecoded ``skip_decode`` features."""
+    features = builder.info.features
+    decoders = {k: tfds.decode.SkipDecoding() for k in skip_decode if k in features}
+    read_config = tfds.ReadConfig(skip_prefetch=True, try_autocache=False, add_tfds_id=True)
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders or None, read_config=read_config)
+
+    def add_id(example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        example = dict(example)
+        if "tfds_id" not in example:
+            return example
+        tfds_id = example.pop("tfds_id")
+        example["_id"] = tf.cast(tf.strings.to_hash_bucket_strong(tfds_id, 2**31 - 1, _ID_HASH_KEY), tf.int32)
+        return example
+
+    return ds.map(add_id)
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.max_intra_op_parallelism = 1
+    options.experimental_optimization.inject_prefetch = False  # Keeps memory predictable.
+    return options
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    if not 0 <= index < count:
+        raise ValueError(f"process_index {index} is out of range for process_count {count}.")
+    return index, count
+
+
+def _local_batch_size(batch_size: int, process_count: int) -> int:
+    if batch_size <= 0 or batch_size % process_count:
+        raise ValueError(
+            f"The global batch size ({batch_size}) must be a positive multiple of the number of hosts "
+            f"({process_count})."
+        )
+    return batch_size // process_count
+
+
+# ---------------------------------------------------------------------------
+# Per-example seeds
+# ---------------------------------------------------------------------------
+
+
+def _keys(seed: int, process_index: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """Two int64 keys, (shuffle key, example key), derived statelessly from (seed, host)."""
+    if not isinstance(seed, (int, np.integer)) or not -(2**63) <= int(seed) < 2**63:
+        raise ValueError(f"seed must be an int64 integer, got {seed!r}.")
+    base = tf.constant([int(seed), process_index], tf.int64)
+    keys = tf.random.stateless_uniform([2], seed=base, dtype=tf.int64, minval=None, maxval=None, alg="philox")
+    return keys[0], keys[1]
+
+
+def example_rng(key: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
+    """The int64 ``[2]`` seed of example ``index`` in the stream keyed by ``key``."""
+    seed = tf.stack([tf.cast(key, tf.int64), tf.cast(index, tf.int64)])
+    return tf.random.stateless_uniform([2], seed=seed, dtype=tf.int64, minval=None, maxval=None, alg="philox")
+
+
+def _with_rng(preprocess_fn: PreprocessFn, key: tf.Tensor) -> Callable[[tf.Tensor, dict[str, tf.Tensor]], Any]:
+    """Wraps ``preprocess_fn`` to see ``_rng`` for (index, example) pairs and to drop it after."""
+
+    def fn(index: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        example = dict(example)
+        example["_rng"] = example_rng(key, index)
+        result = preprocess_fn(example)
+        if not isinstance(result, Mapping):
+            raise TypeError(f"preprocess_fn must return a dict of tensors, got {type(result).__name__}.")
+        result = dict(result)
+        result.pop("_rng", None)
+        return result
+
+    return fn
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+
+
+def make_for_train(
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    batch_size: int,
+    preprocess_fn: PreprocessFn,
+    *,
+    shuffle_buffer_size: int = 10_000,
+    seed: int,
+    start_index: int = 0,
+    cache_raw: bool = False,
+    prefetch: int = 2,
+    num_parallel_calls: int = AUTOTUNE,
+    skip_decode: Sequence[str] = ("image",),
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> tf.data.Dataset:
+    """An endless stream of this host's training batches (``batch_size // process_count`` each).
+
+    Each host reads its own even part of ``split``; every epoch of it is shuffled
+    (buffer ``shuffle_buffer_size``, 0 to keep the stored order) with a seed from
+    ``(seed, host, epoch)``. Examples then get a running index and ``_rng``, are
+    preprocessed in parallel (deterministically ordered), and batched dropping the
+    remainder.
+
+    ``start_index`` counts examples already consumed on this host: after ``k`` steps,
+    pass ``k * batch_size // process_count`` to get exactly batches ``k, k+1, ...`` of the
+    uninterrupted run. Whole epochs are skipped without reading them; the rest of the
+    current epoch is read raw and dropped before preprocessing.
+
+    ``process_index``/``process_count`` default to JAX's; pass them to build another
+    host's stream (tests, debugging).
+    """
+    process_index, process_count = _process(process_index, process_count)
+    local_batch_size = _local_batch_size(batch_size, process_count)
+    if start_index < 0:
+        raise ValueError(f"start_index must be >= 0, got {start_index}.")
+    split_for_host = host_split(split, process_index, process_count)
+    epoch_size = num_examples(builder, split_for_host)
+    if epoch_size == 0:
+        raise ValueError(
+            f"Host {process_index} of {process_count} gets no examples of {split!r} in {builder.info.name!r}."
+        )
+    shuffle_key, example_key = _keys(seed, process_index)
+
+    raw = _read(builder, split_for_host, skip_decode)
+    if cache_raw:
+        raw = raw.cache()
+
+    def epoch(e: tf.Tensor) -> tf.data.Dataset:
+        if not shuffle_buffer_size:
+            return raw
+        epoch_seed = tf.random.stateless_uniform(
+            [], seed=tf.stack([shuffle_key, e]), dtype=tf.int64, minval=None, maxval=None, alg="philox"
+        )
+        return raw.shuffle(shuffle_buffer_size, seed=epoch_seed, reshuffle_each_iteration=False)
+
+    first_epoch, offset = divmod(start_index, epoch_size)
+    ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
+    ds = ds.skip(offset).enumerate(start=start_index)
+    ds = ds.map(_with_rng(preprocess_fn, example_key), num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = ds.batch(local_batch_size, drop_remainder=True)
+    if prefetch:
+        ds = ds.prefetch(prefetch)
+    return ds.with_options(_options())
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------
+
+
+def make_for_eval(
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    batch_size: int,
+    preprocess_fn: PreprocessFn,
+    *,
+    cache: bool = False,
+    prefetch: int = 1,
+    num_parallel_calls: int = AUTOTUNE,
+    skip_decode: Sequence[str] = ("image",),
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> tuple[tf.data.Dataset, int]:
+    """This host's eval batches over ``split`` and their number, equal on all hosts.
+
+    Over all hosts each example appears exactly once, with ``_mask=True``; the last
+    batches are filled with all-zero examples with ``_mask=False``. ``_id`` is carried
+    over from the raw example when ``preprocess_fn`` drops it. ``_rng`` is given as in
+    training, from a fixed seed and the example's position in the split, so random pp
+    ops work and give the same result on any number of hosts.
+    All examples must have the same shapes after ``preprocess_fn`` (they are batched).
+    The dataset is finite; iterate it once per evaluation. ``cache`` keeps the
+    preprocessed batches in memory after the first full pass.
+    """
+    process_index, process_count = _process(process_index, process_count)
+    local_batch_size = _local_batch_size(batch_size, process_count)
+    parts = [host_split(split, i, process_count) for i in range(process_count)]
+    counts = [num_examples(builder, part) for part in parts]
+    if not sum(counts):
+        raise ValueError(f"Split {split!r} of {builder.info.name!r} has no examples to evaluate.")
+    steps = math.ceil(max(counts) / local_batch_size)
+    _, example_key = _keys(_EVAL_SEED, 0)
+
+    wrapped = _with_rng(preprocess_fn, example_key)
+
+    def pp(index: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        result = wrapped(index, example)
+        result.setdefault("_mask", tf.constant(True))
+        if "_id" in example:
+            result.setdefault("_id", example["_id"])
+        return result
+
+    ds = _read(builder, parts[process_index], skip_decode).enumerate(start=sum(counts[:process_index]))
+    ds = ds.map(pp, num_parallel_calls=num_parallel_calls, deterministic=True)
+    ds = ds.concatenate(_padding(ds, has_examples=counts[process_index] > 0))
+    ds = ds.batch(local_batch_size, drop_remainder=True).take(steps)
+    if cache:
+        ds = ds.cache()
+    if prefetch:
+        ds = ds.prefetch(prefetch)
+    return ds.with_options(_options()), steps
+
+
+def _padding(ds: tf.data.Dataset, has_examples: bool) -> tf.data.Dataset:
+    """An endless stream of all-zero examples (so ``_mask`` is False) shaped like those of ``ds``.
+
+    The zeros copy the shapes of the first real example, so that pp outputs whose static
+    shape is unknown (e.g. a decoded image) still batch with them; a host without
+    examples uses the static shapes, with unknown dimensions as 0.
+    """
+    for name, spec in bv_tree.flatten_with_names(ds.element_spec):
+        if not isinstance(spec, tf.TensorSpec):
+            raise TypeError(f"Eval pp outputs must be dense tensors to be padded; {name!r} is {spec}.")
+    if has_examples:
+        return ds.take(1).map(lambda ex: tf.nest.map_structure(tf.zeros_like, ex)).repeat()
+    zeros = tf.nest.map_structure(lambda spec: tf.zeros([d or 0 for d in spec.shape], spec.dtype), ds.element_spec)
+    return tf.data.Dataset.from_tensors(zeros).repeat()
+
+
+# ---------------------------------------------------------------------------
+# To devices
+# ---------------------------------------------------------------------------
+
+
+def to_global_arrays(batch: Mapping[str, Any], sharding: jax.sharding.Sharding) -> Any:
+    """Assembles this host's batch into global ``jax.Array``s laid out by ``sharding``.
+
+    Each host passes its own local batch; the global batch is their concatenation
+    along the first axis (``jax.make_array_from_process_local_data``).
+    """
+
+    def put(name: str, x: Any) -> jax.Array:
+        x = x.numpy() if isinstance(x, tf.Tensor) else np.asarray(x)
+        if x.dtype.kind in "SUO":
+            raise ValueError(
+                f"Batch entry {name!r} holds strings ({x.dtype}), which cannot go to devices; "
+                "drop it in the pp (e.g. with keep) or keep it on the host."
+            )
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return bv_tree.map_with_names(put, dict(batch))
