@@ -51,7 +51,7 @@ class Registry(Generic[T]):
             close = difflib.get_close_matches(name, known, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
             raise UnknownNameError(
-                f"Unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or '(none registered)'}."
+                f"Unknown {self.kind} {name!r}.{hint} Known {self.kind} names: {', '.join(known) or '(none registered)'}."
             ) from None
 
     def call(self, spec: str, **extra_kwargs: Any) -> Any:
