@@ -12,7 +12,6 @@ import glob
 import os
 import re
 import subprocess
-import sys
 import venv
 import zipfile
 from pathlib import Path
@@ -56,7 +55,9 @@ def test_each_wheel_pins_its_bv_dependencies_with_a_range() -> None:
         assert meta["Name"].replace("_", "-") == dist
         assert re.fullmatch(r"\d+\.\d+\.\d+", meta["Version"]), meta["Version"]
         if dist == "bv-core":
-            assert _requirement(meta, "jax") and _requirement(meta, "tensorflow-datasets"), meta.get_all("Requires-Dist")
+            assert _requirement(meta, "jax") and _requirement(meta, "tensorflow-datasets"), meta.get_all(
+                "Requires-Dist"
+            )
             continue
         core = _requirement(meta, "bv-core")
         assert core and _is_range(core), f"{dist} requires {core!r}; expected a compatible range of bv-core"
@@ -97,6 +98,10 @@ print(md.version("bv-core"), md.version("bv-vit"), bv.vit.__version__)
     assert "--config" in help_out.stdout + help_out.stderr
     # Nothing of the source tree leaked in: the packages come from site-packages.
     where = subprocess.run(
-        [str(python), "-c", "import bv.vit; print(bv.vit.__file__)"], check=True, env=env, capture_output=True, text=True
+        [str(python), "-c", "import bv.vit; print(bv.vit.__file__)"],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert "site-packages" in where.stdout

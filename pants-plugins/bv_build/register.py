@@ -31,7 +31,7 @@ def parse_version(source: str, path: str) -> str:
             value = ast.literal_eval(node.value)
             if isinstance(value, str):
                 return value
-    raise ValueError(f"{path} must assign a string to __version__, e.g. __version__ = \"0.1.0\".")
+    raise ValueError(f'{path} must assign a string to __version__, e.g. __version__ = "0.1.0".')
 
 
 @rule

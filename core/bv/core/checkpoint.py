@@ -40,6 +40,7 @@ import safetensors.numpy
 from safetensors import safe_open
 
 from bv.core import tree
+from bv.core.failpoints import crash_point
 
 FORMAT = "bv-checkpoint"
 FORMAT_VERSION = 1
@@ -181,6 +182,7 @@ def save(
     header = {"format": FORMAT, "version": str(FORMAT_VERSION), "step": str(step)}
     safetensors.numpy.save_file(arrays, arrays_path, metadata=header)
     _fsync_file(arrays_path)
+    crash_point("checkpoint.arrays_written", step)
     # The info file is written last and records the arrays file's size: a folder whose info file
     # parses and whose arrays file has that size was written completely.
     info["arrays_bytes"] = os.path.getsize(arrays_path)
@@ -198,11 +200,13 @@ def save(
     else:
         os.replace(tmp, final)
     _fsync_dir(ckpt_dir)
+    crash_point("checkpoint.renamed", step)
 
     last_tmp = os.path.join(ckpt_dir, f"{_TMP_PREFIX}{LAST_FILE}-{uuid.uuid4().hex}")
     _write_durably(last_tmp, name + "\n")
     os.replace(last_tmp, os.path.join(ckpt_dir, LAST_FILE))
     _fsync_dir(ckpt_dir)
+    crash_point("checkpoint.pointed", step)
 
     _prune(ckpt_dir, step, keep_last, keep_every)
     return final

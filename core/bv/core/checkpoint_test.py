@@ -130,8 +130,8 @@ def test_numpy_and_python_leaves_keep_their_kind(tmp_path):
     path = checkpoint.save(str(tmp_path), 0, state)
     restored, _ = checkpoint.restore(path, state)
     assert isinstance(restored["a"], np.ndarray) and restored["a"].dtype == np.int16
-    assert restored["n"] == 5 and type(restored["n"]) is int
-    assert restored["x"] == 0.25 and type(restored["x"]) is float
+    assert restored["n"] == 5 and isinstance(restored["n"], int) and not isinstance(restored["n"], bool)
+    assert restored["x"] == 0.25 and isinstance(restored["x"], float)
     assert restored["flag"] is True
     assert isinstance(restored["s"], np.float32) and restored["s"] == 2.5
 

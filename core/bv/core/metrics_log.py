@@ -1,0 +1,128 @@
+"""Training logs: JSON lines in the workdir and a readable console line.
+
+``metrics.jsonl`` holds one object per logged step (``{"step": 100, "training_loss": ...}``).
+After a resume the lines of steps past the restored checkpoint are dropped, so
+the file reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping, TextIO
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _jsonable(value: Any) -> Any:
+    value = float(value) if hasattr(value, "__float__") and not isinstance(value, (int, str)) else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or Infinity.
+    return value
+
+
+class MetricLog:
+    """Appends metrics to ``workdir/metrics.jsonl`` and prints a summary line."""
+
+    def __init__(self, workdir: str | None, *, resume_step: int = 0, stream: TextIO = sys.stdout):
+        self.path = os.path.join(workdir, METRICS_FILE) if workdir else None
+        self.stream = stream
+        if self.path and os.path.exists(self.path):
+            self._truncate_after(resume_step)
+
+    def _truncate_after(self, step: int) -> None:
+        assert self.path
+        with open(self.path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = f"{self.path}.tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, metrics: Mapping[str, Any], *, console: str | None = None) -> None:
+        """Records ``metrics`` for ``step``; prints ``console`` (or all metrics) to the stream."""
+        record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if console is None:
+            console = " ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k != "step")
+        print(f"[step {step}] {console}", file=self.stream, flush=True)
+
+    def read(self) -> list[dict[str, Any]]:
+        """All records written so far."""
+        if not self.path or not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def format_duration(seconds: float) -> str:
+    """``3725`` -> ``"1h02m"``, ``95`` -> ``"1m35s"``."""
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+class Chrono:
+    """Throughput, progress and ETA of training, excluding time spent in evals and checkpoints.
+
+    ``train_seconds`` is stored in checkpoints so that throughput and ETA carry on
+    across a resume.
+    """
+
+    def __init__(
+        self,
+        *,
+        total_steps: int,
+        global_batch_size: int,
+        num_devices: int,
+        start_step: int = 0,
+        train_seconds: float = 0.0,
+    ):
+        self.total_steps = total_steps
+        self.global_batch_size = global_batch_size
+        self.num_devices = num_devices
+        self.train_seconds = train_seconds
+        self._mark_step = start_step
+        self._mark_time = time.perf_counter()
+        self._paused_at: float | None = None
+        self._window: tuple[int, float] | None = None  # (steps, seconds) since the last report
+
+    def pause(self) -> None:
+        """Stops the clock (evals, checkpoint writes)."""
+        self._paused_at = time.perf_counter()
+
+    def resume(self) -> None:
+        if self._paused_at is not None:
+            self._mark_time += time.perf_counter() - self._paused_at
+            self._paused_at = None
+
+    def tick(self, step: int) -> dict[str, float]:
+        """Measures the steps since the last tick; returns the metrics to log at ``step``."""
+        now = time.perf_counter()
+        steps, seconds = step - self._mark_step, now - self._mark_time
+        self.train_seconds += seconds
+        self._mark_step, self._mark_time = step, now
+        metrics = {
+            "examples_seen": float(step * self.global_batch_size),
+            "progress": step / self.total_steps,
+            "train_seconds": self.train_seconds,
+        }
+        if steps > 0 and seconds > 0:
+            step_time = seconds / steps
+            metrics["img/sec/core"] = self.global_batch_size / step_time / self.num_devices
+            metrics["eta_seconds"] = step_time * (self.total_steps - step)
+        return metrics

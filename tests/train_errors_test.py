@@ -1,0 +1,39 @@
+"""The trainer stops with a clear message on bad input, and writes nothing when the config is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bv.core import checkpoint, registry, train
+from bv.core.config import load_config
+
+
+@pytest.fixture()
+def config(tmp_path: Path):
+    config = load_config("bv.vit.configs.mnist:runlocal")
+    config.input.data.data_dir = str(tmp_path / "tfds")
+    return config
+
+
+def test_nan_loss_stops_the_run_naming_the_step(config, tmp_path: Path) -> None:
+    # A broken input range (in_max == in_min) divides by zero: every image is NaN.
+    config.input.pp = config.input.pp.replace("value_range(-1, 1)", "value_range(-1, 1, in_min=0, in_max=0)")
+    with pytest.raises(train.NonFiniteLossError, match=r"The training loss is nan at step 1; stopping"):
+        train.train(config, str(tmp_path / "run"))
+    assert checkpoint.latest(str(tmp_path / "run")) is None  # no NaN checkpoint was written
+
+
+def test_unknown_evaluator_fails_before_the_workdir_is_touched(config, tmp_path: Path) -> None:
+    config.evals.test.type = "clasification"
+    with pytest.raises(registry.UnknownNameError, match="Did you mean 'classification'"):
+        train.train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_unknown_model_name_lists_the_known_models(config, tmp_path: Path) -> None:
+    config.model_name = "vitt"
+    with pytest.raises(registry.UnknownNameError, match="Unknown model 'vitt'. Did you mean 'vit'"):
+        train.train(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()

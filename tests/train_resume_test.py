@@ -1,0 +1,124 @@
+"""Kill training with SIGKILL between and during checkpoint writes; the resumed run must end bitwise equal.
+
+Each run is a real ``python -m bv.core.train`` process. Crashes are injected with
+``BV_CRASH_AT`` (see ``bv.core.failpoints``): the process SIGKILLs itself at the
+named point, as a pre-empted machine would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bv.core import checkpoint
+from bv.core.tree import flatten_with_names
+
+ARGS = [
+    "--config",
+    "bv.vit.configs.mnist:runlocal",
+    "--config.total_steps=8",
+    "--config.ckpt_steps=2",
+    "--config.log_training_steps=1",
+    "--config.evals.test.log_steps=8",
+]
+
+
+def _env(data_dir: Path, crash_at: str | None = None) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "JAX_PLATFORMS": "cpu",
+        "TFDS_DATA_DIR": str(data_dir),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
+    env.pop("BV_CRASH_AT", None)
+    if crash_at:
+        env["BV_CRASH_AT"] = crash_at
+    return env
+
+
+def _train(
+    workdir: Path, data_dir: Path, crash_at: str | None = None, extra: list[str] = []
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "bv.core.train", *ARGS, "--workdir", str(workdir), *extra],
+        env=_env(data_dir, crash_at),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _final_params(workdir: Path) -> dict[str, np.ndarray]:
+    path = checkpoint.latest(str(workdir))
+    assert path is not None
+    assert checkpoint.read_metadata(path)["step"] == 8
+    return dict(flatten_with_names(checkpoint.load_params(path)))
+
+
+def _losses(workdir: Path) -> dict[int, float]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return {r["step"]: r["training_loss"] for r in map(json.loads, lines) if "training_loss" in r}
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = _train(workdir, data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Final test/prec@1" in result.stdout
+    return workdir
+
+
+def test_killed_runs_resume_to_bitwise_equal_params(uninterrupted: Path, data_dir: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "interrupted"
+    # Between checkpoints, while writing the arrays, after the rename but before LAST moves,
+    # and after LAST moved but before old checkpoints were pruned.
+    crashes = ["train.step_done@3", "checkpoint.arrays_written@4", "checkpoint.renamed@6", "checkpoint.pointed@8"]
+    expected_resume_steps = [2, 2, 4, 6]  # the checkpoint each restart must find
+    for crash, resume_step in zip(crashes, expected_resume_steps):
+        result = _train(workdir, data_dir, crash_at=crash)
+        assert result.returncode == -9, f"{crash}: expected a SIGKILL, got {result.returncode}\n{result.stderr[-3000:]}"
+        latest = checkpoint.latest(str(workdir))
+        assert latest is not None and ".tmp" not in latest
+        assert checkpoint.read_metadata(latest)["step"] == resume_step, crash
+    result = _train(workdir, data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Resuming from" in result.stdout + result.stderr
+
+    expected, resumed = _final_params(uninterrupted), _final_params(workdir)
+    assert expected.keys() == resumed.keys()
+    for name in expected:
+        np.testing.assert_array_equal(resumed[name], expected[name], err_msg=name)
+    # The log reads as one run: every step once, with the same losses.
+    assert _losses(workdir) == _losses(uninterrupted)
+    assert sorted(_losses(workdir)) == list(range(1, 9))
+
+
+def test_a_workdir_of_another_model_is_refused_and_left_unchanged(uninterrupted: Path, data_dir: Path) -> None:
+    before = _snapshot(uninterrupted)
+    result = _train(uninterrupted, data_dir, extra=["--config.model.width=48"])
+    assert result.returncode == 1
+    assert "holds a checkpoint of a different model or optimizer" in result.stderr
+    assert "Nothing was changed" in result.stderr
+    assert _snapshot(uninterrupted) == before
