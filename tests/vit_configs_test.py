@@ -58,7 +58,8 @@ def test_full_size_configs_build_their_model_and_optimizer(spec: str, num_classe
     batch = {"image": jax.ShapeDtypeStruct((2, size, size, 1 if "mnist" in spec else 3), "float32")}
     params = jax.eval_shape(task.init, jax.random.PRNGKey(0), batch)
     assert params["head"]["kernel"].shape[-1] == num_classes
-    tx, schedules = make_optimizer(config, params, total_steps=1000)
+    train.resolve_schedule_durations(config, data_size=1_000_000, batch_size=1024, total=100_000)
+    tx, schedules = make_optimizer(config, params, total_steps=100_000)
     assert schedules and schedules[0][0] == "lr"
     jax.eval_shape(tx.init, params)
 

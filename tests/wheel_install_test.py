@@ -73,6 +73,9 @@ def test_wheels_install_into_a_fresh_venv_and_import(tmp_path: Path) -> None:
     python = env_dir / "bin" / "python"
     # Run pip and the interpreter as a user would: without the test runner's paths.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PEX", "PYTHON"))}
+    # Pants gives its own subprocesses an empty pip configuration; pip here should see the machine's.
+    if env.get("PIP_CONFIG_FILE") == os.devnull:
+        del env["PIP_CONFIG_FILE"]
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run(pip + [str(wheels[d]) for d in DISTRIBUTIONS], check=True, env=env, timeout=1700)

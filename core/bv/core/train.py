@@ -63,7 +63,7 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule_fns: 
     return train_step
 
 
-def _resolve_schedule_durations(config: ml_collections.ConfigDict, data_size: int, batch_size: int, total: int) -> None:
+def resolve_schedule_durations(config: ml_collections.ConfigDict, data_size: int, batch_size: int, total: int) -> None:
     """Turns ``warmup_*``/``cooldown_*`` durations in ``config.schedule`` into steps, in place."""
 
     def resolve(sched: Any) -> Any:
@@ -145,7 +145,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
         raise ValueError(f"config.input.batch_size={batch_size} must be divisible by the {num_devices} devices.")
     local_batch = batch_size // jax.process_count()
     total_steps = durations.total_steps(config, train_size, batch_size)
-    _resolve_schedule_durations(config, train_size, batch_size, total_steps)
+    resolve_schedule_durations(config, train_size, batch_size, total_steps)
 
     def steps_of(prefix: str, cfg: Any = config) -> int | None:
         return durations.steps(
@@ -175,11 +175,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
     # Task, parameters and optimizer (shapes first: nothing runs twice).
     # ------------------------------------------------------------------
     task = get_task(config)
-    spec_ds, _ = train_batches(0)
-    batch_spec = {
-        k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype.as_numpy_dtype)
-        for k, v in spec_ds.element_spec.items()
-    }
+    # Shapes from a real batch: a pp without a resize leaves image sizes unknown to tf.data.
+    _, spec_batches = train_batches(0)
+    batch_spec = {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype) for k, v in next(spec_batches).items()}
+    del spec_batches
     init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.get("seed", 0)))
     param_shapes = jax.eval_shape(task.init, init_rng, batch_spec)
     tx, schedule_fns = make_optimizer(config, param_shapes, total_steps)
