@@ -17,8 +17,16 @@ EXAMPLES = [
 
 def test_every_package_readme_has_an_example() -> None:
     documented = {str(p.parent) for p in READMES if "```python" in p.read_text()}
-    packages = {"core", "models/vit", "models/mixer", "models/bit", "projects/lit", "projects/uvim",
-                "projects/distill", "projects/sam"}
+    packages = {
+        "core",
+        "models/vit",
+        "models/mixer",
+        "models/bit",
+        "projects/lit",
+        "projects/uvim",
+        "projects/distill",
+        "projects/sam",
+    }
     assert packages <= documented, f"READMEs without a Python example: {sorted(packages - documented)}"
 
 
