@@ -29,14 +29,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         # A light random shift: pad-like enlargement, then a random 28 px crop.
         pp=f"decode(channels=1)|resize(32)|random_crop(28)|{PP_COMMON}",
     )
-    config.total_epochs = 40
+    config.total_epochs = 30
     config.log_training_steps = 50
     config.ckpt_steps = 250
 
     config.model_name = "vit"
     config.num_classes = 10
     config.model = dict(
-        patch_size=(4, 4), width=64, depth=6, num_heads=4, mlp_dim=256, pool_type="gap", posemb="learn", dropout=0.0
+        patch_size=(4, 4), width=96, depth=4, num_heads=3, mlp_dim=384, pool_type="gap", posemb="learn", dropout=0.0
     )
     config.loss = "softmax_xent"
 
