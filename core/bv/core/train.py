@@ -277,7 +277,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
     final: dict[str, float] = {}
     pending: tuple[int, jax.Array] | None = None  # the loss of the previous step, checked one step late
 
-    def check_finite(step: int, loss: jax.Array) -> None:
+    def check_finite() -> None:
+        """Checks the pending loss once (fetching it waits for its step), then forgets it."""
+        nonlocal pending
+        if pending is None:
+            return
+        step, loss = pending
+        pending = None
         value = float(loss)
         if not math.isfinite(value):
             raise NonFiniteLossError(
@@ -289,13 +295,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
         batch = input_pipeline.to_global_arrays(next(batches), batch_sharding)
         params, opt, metrics = train_step(state["params"], state["opt"], batch, state["rng"], jnp.int32(step))
         state["params"], state["opt"] = params, opt
-        if pending:
-            check_finite(*pending)
+        check_finite()
         pending = (step, metrics["training_loss"])
         crash_point("train.step_done", step)
 
         if _due(step, log_every, total_steps):
-            check_finite(*pending)
+            check_finite()
             values = {k: float(v) for k, v in jax.device_get(metrics).items()}
             values.update(chrono.tick(step))
             values["epoch"] = step * batch_size / train_size
@@ -307,7 +312,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
             chrono.pause()
             final.update(run_evals(step))
             if checkpoint_due:
-                check_finite(*pending)
+                check_finite()
                 assert workdir
                 checkpoint.save(
                     workdir,
@@ -322,8 +327,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
                 )
             chrono.resume()
 
-    if pending:
-        check_finite(*pending)
+    check_finite()
     if start_step >= total_steps:
         log.info("The checkpoint is already at the last step (%d); evaluating only.", total_steps)
         final.update(run_evals(total_steps, final=True))
