@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T", bound=Callable[..., Any])
@@ -102,3 +103,15 @@ pp_ops: Registry[Callable[..., Any]] = Registry("pp op")
 evaluators: Registry[Callable[..., Any]] = Registry("evaluator")
 tasks: Registry[Callable[..., Any]] = Registry("task")
 datasets: Registry[Callable[..., Any]] = Registry("dataset")
+hub_models: Registry[Callable[..., Any]] = Registry("Hub model class")
+
+
+def import_model_package(name: str) -> None:
+    """Imports ``bv.<name>`` (``vit`` -> ``bv.vit``) so that it registers its model, if it is installed.
+
+    A missing package is not an error here: the registry lookup that follows lists the known names.
+    """
+    try:
+        importlib.import_module(f"bv.{name.split('.')[0]}")
+    except ImportError:
+        pass

@@ -8,7 +8,6 @@ needs to change how gradients become updates (SAM) overrides ``grads``.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -55,10 +54,7 @@ def get_model(config: ml_collections.ConfigDict) -> nn.Module:
     """
     name = config.model_name
     if name not in registry.models:
-        try:
-            importlib.import_module(f"bv.{name.split('.')[0]}")
-        except ImportError:
-            pass  # registry.get below lists the models that are known.
+        registry.import_model_package(name)
     factory = registry.models.get(name)
     kwargs = dict(config.get("model", {}))
     return factory(num_classes=config.get("num_classes"), **kwargs)
