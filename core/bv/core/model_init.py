@@ -1,64 +1,88 @@
 """Initialise a model from pre-trained parameters (``config.model_init``).
 
-The source is a bv checkpoint folder or a training workdir (its latest
-checkpoint). Parameters whose names match a ``dont_load`` regex (typically the
-head, ``head/.*``) keep their fresh initialisation; every other parameter must
-be present in the source with the same shape.
+The source may be
+
+- a bv training workdir (its latest checkpoint) or one checkpoint folder;
+- a Hub repo id (``org/name``, with ``config.model_load.revision``) or a local
+  model folder, in bv's format or timm's;
+- a big_vision ``.npz`` checkpoint, optionally ``path.npz:subtree``.
+
+Parameters whose names match a ``dont_load`` regex (typically the head,
+``head/.*``) keep their fresh initialisation; every other parameter must be in
+the source with the same shape, except what the model can adapt (a ViT's
+position embedding is resampled to the new resolution).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Sequence
 
-import jax
-import numpy as np
+import ml_collections
 
-from bv.core import checkpoint
-from bv.core.tree import flatten_with_names, map_with_names
+from bv.core import checkpoint, registry
+from bv.core.hub.config import HubConfig
+from bv.core.hub.fit import fit_params
+from bv.core.tree import flatten_with_names
 
 
-def _checkpoint_path(source: str) -> str:
+def bv_checkpoint_path(source: str) -> str | None:
+    """The checkpoint folder ``source`` names (a workdir's latest, or a checkpoint itself), else None."""
     if os.path.isdir(os.path.join(source, checkpoint.CHECKPOINTS_DIR)):
         path = checkpoint.latest(source)
         if path is None:
             raise FileNotFoundError(f"config.model_init: the workdir {source!r} has no complete checkpoint.")
         return path
-    if not os.path.isdir(source):
-        raise FileNotFoundError(
-            f"config.model_init: {source!r} is neither a bv checkpoint folder nor a workdir with checkpoints."
+    if os.path.isfile(os.path.join(source, checkpoint.INFO_FILE)):
+        return source
+    return None
+
+
+def load_pretrained(
+    source: str,
+    init_params: Any,
+    *,
+    dont_load: Sequence[str] = (),
+    config: ml_collections.ConfigDict | None = None,
+    revision: str | None = None,
+) -> Any:
+    """``init_params`` with every leaf not matched by ``dont_load`` replaced by the one in ``source``.
+
+    ``config`` (the training config: ``model_name``, ``model``, ``num_classes``) says which model's
+    Hub class reads Hub, timm and big_vision sources and adapts shapes; a bv checkpoint needs none.
+    """
+    hub_cls = _hub_class(config) if config is not None else None
+    target = _target_config(config) if config is not None else None
+    ckpt = bv_checkpoint_path(source)
+    if ckpt is not None:
+        loaded = dict(flatten_with_names(checkpoint.load_params(ckpt)))
+        adapt = None
+        if hub_cls is not None and target is not None:
+            adapt = lambda n, v, s: hub_cls.adapt_param(n, v, s, target)  # noqa: E731
+        return fit_params(
+            loaded, init_params, dont_load=dont_load, adapt=adapt, what=f"config.model_init={source!r}"
         )
-    return source
-
-
-def load_pretrained(source: str, init_params: Any, *, dont_load: Sequence[str] = ()) -> Any:
-    """``init_params`` with every leaf not matched by ``dont_load`` replaced by the one in ``source``."""
-    loaded = dict(flatten_with_names(checkpoint.load_params(_checkpoint_path(source))))
-    skip = [re.compile(p) for p in dont_load]
-    problems: list[str] = []
-    used: set[str] = set()
-
-    def pick(name: str, fresh: Any) -> Any:
-        if any(p.fullmatch(name) for p in skip):
-            return fresh
-        if name not in loaded:
-            problems.append(f"missing in the checkpoint: {name} {tuple(fresh.shape)}")
-            return fresh
-        used.add(name)
-        value = np.asarray(loaded[name])
-        if value.shape != tuple(fresh.shape):
-            problems.append(f"shape of {name}: checkpoint {value.shape} vs model {tuple(fresh.shape)}")
-            return fresh
-        return jax.numpy.asarray(value, dtype=fresh.dtype)
-
-    params = map_with_names(pick, init_params)
-    unused = [n for n in loaded if n not in used and not any(p.fullmatch(n) for p in skip)]
-    problems += [f"in the checkpoint but not in the model: {n}" for n in unused[:10]]
-    if problems:
+    if hub_cls is None or target is None:
         raise ValueError(
-            f"config.model_init={source!r} does not fit the model ({len(problems)} problems; add regexes to "
-            "config.model_load.dont_load to keep those parameters freshly initialised, e.g. 'head/.*'):\n  "
-            + "\n  ".join(problems[:10])
+            f"config.model_init={source!r} is not a bv checkpoint, and the model "
+            f"{config.get('model_name') if config is not None else '(unknown)'!r} has no Hub class to read other "
+            "formats (Hub repos, timm folders, big_vision .npz)."
         )
-    return params
+    return hub_cls.load_params_for(source, target, init_params, dont_load=dont_load, revision=revision)
+
+
+def _hub_class(config: ml_collections.ConfigDict) -> Any:
+    name = config.get("model_name")
+    if not name:
+        return None
+    registry.import_model_package(name)
+    return registry.hub_models.get(name) if name in registry.hub_models else None
+
+
+def _target_config(config: ml_collections.ConfigDict) -> HubConfig | None:
+    name = config.get("model_name")
+    if not name:
+        return None
+    model = config.get("model", {})
+    model = model.to_dict() if isinstance(model, ml_collections.ConfigDict) else dict(model)
+    return HubConfig(model_name=name, model=model, num_classes=config.get("num_classes"))

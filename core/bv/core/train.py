@@ -207,8 +207,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
         state["rng"] = jax.device_put(train_rng, replicated)
         start_step = 0
         if config.get("model_init"):
-            dont_load = config.get("model_load", {}).get("dont_load", ())
-            params = load_pretrained(config.model_init, state["params"], dont_load=dont_load)
+            model_load = config.get("model_load", {})
+            params = load_pretrained(
+                config.model_init,
+                state["params"],
+                dont_load=model_load.get("dont_load", ()),
+                config=config,
+                revision=model_load.get("revision"),
+            )
             state["params"] = jax.device_put(params, replicated)
             state["opt"] = jax.jit(tx.init, out_shardings=replicated)(state["params"])
 

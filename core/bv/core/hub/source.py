@@ -17,6 +17,8 @@ from typing import Any
 import huggingface_hub
 from huggingface_hub import errors as hf_errors
 
+from bv.core.hub.npz import split_npz_path
+
 # The files a model folder may contribute; anything else in a repo is never fetched.
 ALLOWED_FILES = ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors", "README.md"]
 _REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
@@ -37,16 +39,8 @@ class Source:
     revision: str | None = None
 
 
-def split_npz_spec(spec: str) -> tuple[str, str | None]:
-    """``"ckpt.npz:params/img"`` -> ``("ckpt.npz", "params/img")``; ``"ckpt.npz"`` -> ``("ckpt.npz", None)``."""
-    path, sep, subtree = spec.partition(".npz:")
-    if sep:
-        return path + ".npz", subtree.strip("/") or None
-    return spec, None
-
-
 def is_npz_spec(spec: str) -> bool:
-    return spec.endswith(".npz") or ".npz:" in spec
+    return split_npz_path(spec)[0].endswith(".npz")
 
 
 def resolve(
@@ -61,7 +55,7 @@ def resolve(
     """Turns a user's ``source`` into local files, downloading a Hub repo's model files if needed."""
     spec = os.fspath(source)
     if is_npz_spec(spec):
-        path, subtree = split_npz_spec(spec)
+        path, subtree = split_npz_path(spec)
         if not os.path.isfile(path):
             raise SourceError(f"The big_vision checkpoint {path!r} does not exist.")
         return Source("npz", path, subtree=subtree)
@@ -120,9 +114,10 @@ def download(
             "that exists in the repo (or no revision for 'main')."
         ) from e
     except hf_errors.RepositoryNotFoundError as e:
+        at = f" at revision {revision!r}" if revision else ""
         raise SourceError(
-            f"The Hub repo {repo_id!r} was not found, or it is private or gated and no valid token was given "
-            "(pass token=..., or log in with `hf auth login`)."
+            f"The Hub repo {repo_id!r} was not found{at}: it does not exist{', has no such revision' if at else ''}, "
+            "or it is private or gated and no valid token was given (pass token=..., or `hf auth login`)."
         ) from e
     except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as e:
         if offline:

@@ -1,12 +1,14 @@
-"""bv-vit: the Vision Transformer (all big_vision variants), registered as the ``vit``
-model.
+"""bv-vit: the Vision Transformer (all big_vision variants).
+
+``ViT`` is the Hub model (``ViT.from_pretrained``, ``save_pretrained``, ``push_to_hub``);
+``VisionTransformer`` is its Flax module, registered as the ``vit`` model for configs.
 """
 
 from bv.core import registry
 from bv.vit.version import __version__
 from bv.vit.model import (
     VARIANTS,
-    ViT,
+    VisionTransformer,
     create_model,
     decode_variant,
     posemb_sincos_2d,
@@ -14,13 +16,16 @@ from bv.vit.model import (
     resample_posemb,
     scan_to_pyloop,
 )
+from bv.vit.pretrained import ViT
 
 registry.models.register("vit")(create_model)
+registry.hub_models.register("vit")(ViT)
 
 __all__ = [
     "__version__",
     "VARIANTS",
     "ViT",
+    "VisionTransformer",
     "create_model",
     "decode_variant",
     "posemb_sincos_2d",

@@ -207,7 +207,7 @@ class MAPHead(nn.Module):
         return x[:, 0]
 
 
-class ViT(nn.Module):
+class VisionTransformer(nn.Module):
     """Vision Transformer; returns ``(logits, intermediates)``.
 
     With a falsy ``num_classes`` there is no ``head`` and the first output is the
@@ -310,12 +310,12 @@ class ViT(nn.Module):
         return x, out
 
 
-def create_model(num_classes: int | None = None, *, variant: str | None = None, **kw: Any) -> ViT:
-    """A ``ViT`` from a variant name (``"B/16"``) and explicit fields, which win over the variant's."""
+def create_model(num_classes: int | None = None, *, variant: str | None = None, **kw: Any) -> VisionTransformer:
+    """A ``VisionTransformer`` from a variant name (``"B/16"``) and explicit fields, which win over the variant's."""
     fields = {**(decode_variant(variant) if variant else {}), **kw}
     if "patch_size" in fields:
         fields["patch_size"] = tuple(fields["patch_size"])
-    return ViT(num_classes=num_classes, **fields)
+    return VisionTransformer(num_classes=num_classes, **fields)
 
 
 def _bilinear_align_corners(x: np.ndarray, size: int, axis: int) -> np.ndarray:

@@ -14,7 +14,7 @@ import pytest
 import scipy.ndimage
 from bv.core import registry
 from bv.core.tree import flatten_with_names, map_with_names
-from bv.vit import VARIANTS, ViT, create_model, decode_variant, pyloop_to_scan, resample_posemb, scan_to_pyloop
+from bv.vit import VARIANTS, VisionTransformer, create_model, decode_variant, pyloop_to_scan, resample_posemb, scan_to_pyloop
 from bv.vit.model import posemb_sincos_2d
 
 TINY: dict[str, Any] = {"width": 32, "depth": 2, "mlp_dim": 48, "num_heads": 4, "patch_size": (4, 4)}
@@ -47,7 +47,7 @@ def _jit(fn: Callable[..., Any], **kw: Any) -> Callable[..., Any]:
 
 
 @functools.lru_cache
-def _apply(model: ViT) -> Callable[..., Any]:
+def _apply(model: VisionTransformer) -> Callable[..., Any]:
     """One compiled apply per model (eager flax compiles op by op, and scanned models on every call).
 
     Outputs come back as numpy arrays, so that the checks on them compile nothing more.
@@ -154,7 +154,7 @@ def test_unknown_variant_lists_the_valid_ones() -> None:
 def test_registry_finds_vit() -> None:
     assert registry.models.get("vit") is create_model
     model = registry.models.call("vit(3, variant='mu/8')")
-    assert isinstance(model, ViT) and model.num_classes == 3 and model.patch_size == (8, 8)
+    assert isinstance(model, VisionTransformer) and model.num_classes == 3 and model.patch_size == (8, 8)
 
 
 # ---------------------------------------------------------------- names and layout
@@ -162,26 +162,26 @@ def test_registry_finds_vit() -> None:
 
 @pytest.mark.parametrize("pool_type", ["gap", "map", "tok", "0", "none"])
 def test_parameter_names_match_big_vision(pool_type: str) -> None:
-    model = ViT(num_classes=5, pool_type=pool_type, **TINY)
+    model = VisionTransformer(num_classes=5, pool_type=pool_type, **TINY)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), IMAGE)
     assert set(variables) == {"params"}
     assert _names(variables["params"]) == _expected_names(pool_type)
 
 
 def test_rep_size_adds_pre_logits() -> None:
-    model = ViT(num_classes=5, rep_size=24, **TINY)
+    model = VisionTransformer(num_classes=5, rep_size=24, **TINY)
     params = _random_params(model)
     assert _names(params) == _expected_names("gap") | {"pre_logits/kernel", "pre_logits/bias"}
     _, out = _apply(model)({"params": params}, IMAGE)
     assert out["pre_logits"].shape == (2, 24)
     assert out["pre_logits_2d"].shape == (2, 4, 4, 24)
     assert float(np.max(np.abs(out["pre_logits"]))) <= 1.0  # tanh
-    as_width = jax.eval_shape(lambda x: ViT(rep_size=True, **TINY).init(jax.random.key(0), x), IMAGE)["params"]
+    as_width = jax.eval_shape(lambda x: VisionTransformer(rep_size=True, **TINY).init(jax.random.key(0), x), IMAGE)["params"]
     assert as_width["pre_logits"]["kernel"].shape == (32, 32)  # rep_size=True -> width
 
 
 def test_outputs_and_intermediates() -> None:
-    model = ViT(num_classes=5, **TINY)
+    model = VisionTransformer(num_classes=5, **TINY)
     logits, out = _apply(model)({"params": _random_params(model)}, IMAGE)
     assert logits.shape == (2, 5)
     np.testing.assert_allclose(out["head_input"], out["encoded"].mean(axis=1), rtol=1e-5, atol=1e-6)
@@ -192,17 +192,17 @@ def test_outputs_and_intermediates() -> None:
 
 
 def test_no_head_returns_pre_logits() -> None:
-    params = _random_params(ViT(num_classes=None, **TINY))
+    params = _random_params(VisionTransformer(num_classes=None, **TINY))
     assert not any(name.startswith("head/") for name in _names(params))
     for num_classes in (None, 0):
-        x, out = _apply(ViT(num_classes=num_classes, **TINY))({"params": params}, IMAGE)
+        x, out = _apply(VisionTransformer(num_classes=num_classes, **TINY))({"params": params}, IMAGE)
         assert x.shape == (2, 32) and "logits" not in out
         np.testing.assert_array_equal(x, out["pre_logits"])
 
 
 @pytest.mark.parametrize("pool_type, shape", [("tok", (2, 5)), ("map", (2, 5)), ("0", (2, 5)), ("none", (2, 16, 5))])
 def test_pool_types_and_head_shapes(pool_type: str, shape: tuple[int, ...]) -> None:
-    model = ViT(num_classes=5, pool_type=pool_type, **TINY)
+    model = VisionTransformer(num_classes=5, pool_type=pool_type, **TINY)
     logits, out = _apply(model)({"params": _random_params(model)}, IMAGE)
     assert logits.shape == shape
     assert out["logits_2d"].shape == (2, 4, 4, 5)
@@ -213,12 +213,12 @@ def test_pool_types_and_head_shapes(pool_type: str, shape: tuple[int, ...]) -> N
 
 def test_unknown_pool_type_lists_valid_ones() -> None:
     with pytest.raises(ValueError, match="gap, map, tok"):
-        ViT(pool_type="avg", **TINY)
+        VisionTransformer(pool_type="avg", **TINY)
 
 
 def test_initialisers() -> None:
     # One real init (the initialisers are slow to compile on CPU), covering the [cls] token and the MAP-free path.
-    model = ViT(num_classes=5, pool_type="tok", **TINY)
+    model = VisionTransformer(num_classes=5, pool_type="tok", **TINY)
     variables = _jit(model.init)(jax.random.key(0), IMAGE)
     params = variables["params"]
     np.testing.assert_array_equal(params["cls"], 0.0)
@@ -240,7 +240,7 @@ def test_initialisers() -> None:
 
 def test_scan_and_pyloop_agree() -> None:
     kw: dict[str, Any] = {"num_classes": 5, "pool_type": "map", **TINY}
-    loop, scan = ViT(**kw), ViT(scan=True, **kw)  # scan remats with the default "nothing_saveable" policy
+    loop, scan = VisionTransformer(**kw), VisionTransformer(scan=True, **kw)  # scan remats with the default "nothing_saveable" policy
     params = _random_params(loop)
     scan_params = pyloop_to_scan(params)
     expected = jax.eval_shape(lambda x: scan.init(jax.random.key(0), x), IMAGE)["params"]
@@ -259,13 +259,13 @@ def test_scan_and_pyloop_agree() -> None:
     np.testing.assert_allclose(sa_scan, sa_loop, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5), scan_to_pyloop(scan_grads), grads)
 
-    no_remat = ViT(scan=True, remat_policy="none", **kw)
+    no_remat = VisionTransformer(scan=True, remat_policy="none", **kw)
     np.testing.assert_allclose(_apply(no_remat)({"params": scan_params}, IMAGE)[0], y_loop, rtol=1e-5, atol=1e-5)
 
 
 def test_unknown_remat_policy_lists_valid_ones() -> None:
     with pytest.raises(ValueError, match="nothing_saveable"):
-        ViT(scan=True, remat_policy="save_nothing", **TINY)
+        VisionTransformer(scan=True, remat_policy="save_nothing", **TINY)
 
 
 # ---------------------------------------------------------------- dropout, posemb, dtypes
@@ -273,7 +273,7 @@ def test_unknown_remat_policy_lists_valid_ones() -> None:
 
 @pytest.mark.parametrize("scan", [False, True])
 def test_dropout_only_in_training(scan: bool) -> None:
-    model = ViT(num_classes=5, dropout=0.3, scan=scan, **TINY)
+    model = VisionTransformer(num_classes=5, dropout=0.3, scan=scan, **TINY)
     params = _random_params(model)
     apply = _apply(model)
     a = apply({"params": params}, IMAGE)[0]
@@ -289,16 +289,16 @@ def test_dropout_only_in_training(scan: bool) -> None:
 
 
 def test_sincos2d_posemb_has_no_params() -> None:
-    model = ViT(num_classes=5, posemb="sincos2d", **TINY)
+    model = VisionTransformer(num_classes=5, posemb="sincos2d", **TINY)
     params = _random_params(model)
     assert _names(params) == _expected_names("gap") - {"pos_embedding"}
     _, out = _apply(model)({"params": params}, IMAGE)
     added = out["with_posemb"] - out["stem"].reshape(2, 16, 32)
     np.testing.assert_allclose(added, np.broadcast_to(posemb_sincos_2d(4, 4, 32), (2, 16, 32)), atol=1e-5)
     with pytest.raises(ValueError, match="learn, sincos2d"):
-        ViT(posemb="rope", **TINY)
+        VisionTransformer(posemb="rope", **TINY)
     with pytest.raises(ValueError, match="divisible by num_heads"):
-        ViT(width=30, num_heads=4)
+        VisionTransformer(width=30, num_heads=4)
 
 
 def test_posemb_sincos_2d_values() -> None:
@@ -314,17 +314,17 @@ def test_posemb_sincos_2d_values() -> None:
 
 def test_bfloat16_matmuls_keep_fp32_params() -> None:
     kw: dict[str, Any] = {"num_classes": 5, "pool_type": "tok", **TINY}
-    model = ViT(dtype_mm="bfloat16", **kw)
+    model = VisionTransformer(dtype_mm="bfloat16", **kw)
     abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), IMAGE)
     assert {leaf.dtype for leaf in jax.tree.leaves(abstract)} == {jnp.dtype("float32")}
     params = _random_params(model)
     logits, out = _apply(model)({"params": params}, IMAGE)
     assert out["stem"].dtype == jnp.bfloat16
     assert np.all(np.isfinite(logits))
-    reference = _apply(ViT(**kw))({"params": params}, IMAGE)[0]
+    reference = _apply(VisionTransformer(**kw))({"params": params}, IMAGE)[0]
     np.testing.assert_allclose(logits, reference, rtol=0.1, atol=0.1)
     # The scanned stack must keep its carry's dtype; tracing it is enough to check that.
-    scan = ViT(dtype_mm="bfloat16", scan=True, **kw)
+    scan = VisionTransformer(dtype_mm="bfloat16", scan=True, **kw)
     scan_out = jax.eval_shape(lambda p, x: scan.apply({"params": p}, x, train=True), pyloop_to_scan(params), IMAGE)
     assert scan_out[0].shape == (2, 5) and scan_out[1]["encoded"].dtype == jnp.float32
     assert scan_out[1]["encoder"]["block00"]["+mlp"].dtype == jnp.bfloat16

@@ -1,0 +1,197 @@
+"""``bv-export``: turn a training workdir's checkpoint into a Hub model folder, and optionally upload it.
+
+    bv-export runs/vit_mnist out/vit_mnist                      # bv format: config.json, model.safetensors, README.md
+    bv-export runs/vit_mnist out/vit_mnist --push org/vit-mnist # ... and upload it (token: HF_TOKEN or `hf auth login`)
+    bv-export runs/vit_mnist out/timm --format timm             # a folder timm loads
+    bv-export runs/vit_mnist out/ckpt.npz --format big_vision   # big_vision's .npz
+
+The model card is filled from the run: model and data set from ``config.json``,
+the final evaluation metrics from ``metrics.jsonl``, the inference
+preprocessing from the first classification evaluator's pp string.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from bv.core import checkpoint, registry
+from bv.core.hub.card import Metric
+from bv.core.hub.config import HubConfig
+from bv.core.metrics_log import METRICS_FILE
+
+log = logging.getLogger("bv.export")
+
+_LABEL_OPS = ("onehot", "keep", "drop", "copy")
+_SIZE_OPS = ("resize", "central_crop", "random_crop", "inception_crop", "decode_jpeg_and_inception_crop")
+_METRIC_NAMES = {"prec@1": "accuracy"}
+FORMATS = ("bv", "timm", "big_vision")
+
+
+class ExportError(ValueError):
+    """A workdir that cannot be exported; the message says why."""
+
+
+def inference_pp(pp: str) -> tuple[str, int | None, int]:
+    """``(pp without label ops, resolution, channels)`` from an evaluator's pp string."""
+    kept: list[str] = []
+    resolution: int | None = None
+    channels = 3
+    for op in (o.strip() for o in pp.split("|")):
+        if not op:
+            continue
+        name, args, kwargs = registry.parse_call(op)
+        if name in _LABEL_OPS:
+            continue
+        kept.append(op)
+        if name == "decode":
+            channels = int(kwargs.get("channels", args[0] if args else 3))
+        size = args[0] if args else kwargs.get("size", kwargs.get("crop_size"))
+        if name in _SIZE_OPS and size is not None:
+            resolution = int(size if isinstance(size, int) else size[0])
+    return "|".join(kept), resolution, channels
+
+
+def final_metrics(workdir: str, dataset: str) -> list[Metric]:
+    """The last logged value of each evaluator metric (``name/metric`` keys) in ``metrics.jsonl``."""
+    path = os.path.join(workdir, METRICS_FILE)
+    last: dict[str, float] = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash
+                for key, value in record.items():
+                    if "/" in key and isinstance(value, (int, float)):
+                        last[key] = float(value)
+    metrics = []
+    for key, value in sorted(last.items()):
+        split, metric = key.split("/", 1)
+        if metric in _METRIC_NAMES:
+            metrics.append(Metric(_METRIC_NAMES[metric], value, dataset, split))
+    return metrics
+
+
+def _read_run_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ExportError(f"{workdir} has no config.json; expected a bv training workdir (written by bv-train).")
+    with open(path, encoding="utf-8") as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def _labels(config: ml_collections.ConfigDict) -> list[str] | None:
+    """The class names of the training data set, when its builder knows them (cheap for TFDS)."""
+    try:
+        from bv.core.data import input_pipeline
+
+        data = config.input.data
+        builder = input_pipeline.get_builder(data.name, data.get("data_dir"))
+        feature = builder.info.features["label"]
+        names = list(getattr(feature, "names", []) or [])
+        return names or None
+    except Exception as e:  # noqa: BLE001 - label names are optional; say why they are missing
+        log.info("No label names for the model card (%s).", e)
+        return None
+
+
+def build_model(workdir: str, *, checkpoint_path: str | None = None) -> tuple[Any, list[Metric], list[str]]:
+    """(the Hub model of the run's final checkpoint, its final metrics, its data sets)."""
+    config = _read_run_config(workdir)
+    ckpt = checkpoint_path or checkpoint.latest(workdir)
+    if ckpt is None:
+        raise ExportError(f"{workdir} has no complete checkpoint to export.")
+    name = config.get("model_name")
+    registry.import_model_package(name or "")
+    if name not in registry.hub_models:
+        raise ExportError(f"The run's model {name!r} has no Hub class; known: {', '.join(registry.hub_models.names())}.")
+    evals = [dict(e) for e in config.get("evals", {}).values() if e.get("type") == "classification"]
+    pp_source = evals[0].get("pp_fn", "") if evals else config.input.get("pp", "")
+    pp, resolution, channels = inference_pp(pp_source)
+    dataset = config.input.data.get("name", "")
+    step = checkpoint.read_metadata(ckpt)["step"]
+    hub_config = HubConfig(
+        model_name=name,
+        model=config.get("model", ml_collections.ConfigDict()).to_dict(),
+        num_classes=config.get("num_classes"),
+        resolution=resolution or 224,
+        channels=channels,
+        pp=pp,
+        labels=_labels(config),
+        extra={"trained_steps": int(step), "dataset": dataset},
+    )
+    hub_cls = registry.hub_models.get(name)
+    model = hub_cls(hub_config, params=checkpoint.load_params(ckpt))
+    return model, final_metrics(workdir, dataset), [dataset] if dataset else []
+
+
+def export(
+    workdir: str,
+    out: str,
+    *,
+    fmt: str = "bv",
+    checkpoint_path: str | None = None,
+    push: str | None = None,
+    private: bool | None = None,
+    license: str | None = None,
+) -> Any:
+    """Writes the run's model to ``out`` in format ``fmt``; with ``push``, uploads the bv folder to that repo."""
+    if fmt not in FORMATS:
+        raise ExportError(f"Unknown format {fmt!r}; expected one of {', '.join(FORMATS)}.")
+    if push and fmt != "bv":
+        raise ExportError("--push uploads bv-format folders only; drop --format or --push.")
+    model, metrics, datasets = build_model(workdir, checkpoint_path=checkpoint_path)
+    card = {"metrics": metrics, "datasets": datasets, "license": license}
+    if fmt == "bv":
+        model.save_pretrained(out, model_card_kwargs=card)
+        if push:
+            url = model.push_to_hub(push, private=private, model_card_kwargs=card)
+            print(f"Uploaded to {url}")
+    elif fmt == "timm":
+        model.save_timm(out)
+    else:
+        model.save_big_vision(out)
+    return model
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="bv-export",
+        description="Export a bv training workdir's checkpoint as a Hub model folder (or timm / big_vision files).",
+    )
+    parser.add_argument("workdir", help="the training workdir (with config.json and checkpoints/)")
+    parser.add_argument("out", help="the folder to write (a .npz file for --format big_vision)")
+    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="bv")
+    parser.add_argument("--checkpoint", help="a checkpoint folder to export instead of the workdir's latest")
+    parser.add_argument("--push", metavar="REPO", help="also upload the folder to this Hub repo (e.g. org/name)")
+    parser.add_argument("--private", action="store_true", default=None, help="create the repo as private")
+    parser.add_argument("--license", help="the license to put in the model card, e.g. apache-2.0")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    try:
+        export(
+            args.workdir,
+            args.out,
+            fmt=args.fmt,
+            checkpoint_path=args.checkpoint,
+            push=args.push,
+            private=args.private,
+            license=args.license,
+        )
+    except (ExportError, registry.UnknownNameError, FileNotFoundError) as e:
+        print(f"bv-export: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print(f"Wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""A training run becomes a Hub folder (bv-export) that loads with from_pretrained and seeds another run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import huggingface_hub
+import jax
+import numpy as np
+import pytest
+
+from bv.core import checkpoint, export, train
+from bv.core.config import load_config
+from bv.core.tasks import get_model
+from bv.vit import ViT
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    root = tmp_path_factory.mktemp("export")
+    config = load_config("bv.vit.configs.mnist:runlocal")
+    config.input.data.data_dir = str(root / "tfds")
+    config.evals.test.data.data_dir = str(root / "tfds")
+    train.train(config, str(root / "run"))
+    return root, config
+
+
+def _images(n: int = 3) -> np.ndarray:
+    return np.random.RandomState(0).uniform(-1, 1, (n, 28, 28, 1)).astype(np.float32)
+
+
+def test_export_writes_a_folder_that_loads_with_equal_logits(run: tuple[Path, object], capsys: pytest.CaptureFixture) -> None:
+    root, config = run
+    export.main([str(root / "run"), str(root / "hub")])
+    assert "Wrote" in capsys.readouterr().out
+
+    saved = json.loads((root / "hub" / "config.json").read_text())
+    assert saved["model_name"] == "vit" and saved["num_classes"] == 10 and saved["package"] == "bv-vit"
+    assert saved["pp"] == "decode(channels=1)|resize(32)|central_crop(28)|value_range(-1, 1)"
+    assert (saved["resolution"], saved["channels"]) == (28, 1)
+    assert saved["labels"] == [str(i) for i in range(10)]
+    assert saved["extra"]["trained_steps"] == 6
+
+    card = huggingface_hub.ModelCard.load(root / "hub" / "README.md")
+    final = json.loads((root / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert card.data.library_name == "bv" and card.data.datasets == ["mnist5k"]
+    result = card.data.eval_results[0]
+    assert result.metric_type == "accuracy" and result.metric_value == pytest.approx(final["test/prec@1"])
+
+    model = ViT.from_pretrained(str(root / "hub"))
+    params = checkpoint.load_params(checkpoint.latest(str(root / "run")))
+    expected, _ = jax.jit(get_model(config).apply)({"params": params}, _images())  # jitted, like the model
+    np.testing.assert_array_equal(np.asarray(model(_images())), np.asarray(expected))
+
+
+def test_exported_folder_and_npz_seed_a_new_run(run: tuple[Path, object]) -> None:
+    root, config = run
+    export.export(str(root / "run"), str(root / "hub2"))
+    export.export(str(root / "run"), str(root / "ckpt.npz"), fmt="big_vision")
+    trained = checkpoint.load_params(checkpoint.latest(str(root / "run")))
+    for source in (str(root / "hub2"), str(root / "ckpt.npz")):
+        new = load_config("bv.vit.configs.mnist:runlocal")
+        new.input.data.data_dir = config.input.data.data_dir
+        new.evals.test.data.data_dir = config.input.data.data_dir
+        new.model_init = source
+        new.total_steps, new.lr, new.wd = 1, 0.0, 0.0  # one step that changes nothing
+        train.train(new, str(root / f"init_{Path(source).name}"))
+        loaded = checkpoint.load_params(checkpoint.latest(str(root / f"init_{Path(source).name}")))
+        for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(loaded)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        export.main([str(tmp_path), str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    assert "has no config.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
