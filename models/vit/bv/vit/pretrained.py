@@ -68,11 +68,14 @@ class ViT(PretrainedModel, tags=["vit", "image-classification"]):
         from bv.vit import timm_convert  # only needed for timm folders
 
         kwargs = dict(timm_convert.vit_kwargs_from_timm_config(dict(timm_config)))
-        pre = timm_convert.timm_preprocessing(dict(timm_config))
-        resolution = int(kwargs.pop("img_size", pre.get("resolution", 224)))
+        height, width = kwargs.pop("image_size")
+        if height != width:
+            raise ConfigFormatError(f"bv models take square images; this timm model takes {height}x{width}.")
         num_classes = kwargs.pop("num_classes", None)
         num_heads = kwargs.get("num_heads") or decode_variant(kwargs["variant"])["num_heads"]
         params = timm_convert.timm_to_params(dict(weights), num_heads=num_heads)
+        pre = timm_convert.timm_preprocessing(dict(timm_config))
+        resolution = int(height)
         labels = timm_config.get("label_names") or timm_config.get("pretrained_cfg", {}).get("label_names")
         config = HubConfig(
             model_name=cls.model_name,
@@ -92,8 +95,11 @@ class ViT(PretrainedModel, tags=["vit", "image-classification"]):
         saved = self.params_to_saved(self.params, self.config)
         saved = {k: _to_numpy(v) for k, v in saved.items()}
         model_kwargs = {**self.module_kwargs(), "num_classes": self.config.num_classes or 0}
-        arch, create_kwargs = timm_convert.timm_model_args(model_kwargs, img_size=self.config.resolution)
-        return arch, create_kwargs, timm_convert.params_to_timm(saved, num_heads=self.module_kwargs()["num_heads"])
+        res = self.config.resolution
+        arch, create_kwargs = timm_convert.timm_model_args(model_kwargs, image_size=res)
+        grid = (res // model_kwargs["patch_size"][0], res // model_kwargs["patch_size"][1])
+        state = timm_convert.params_to_timm(saved, num_heads=model_kwargs["num_heads"], posemb_grid=grid)
+        return arch, create_kwargs, state
 
     def save_timm(self, folder: str) -> None:
         """Writes a folder timm loads (``config.json`` with ``architecture`` and ``model_args``, ``model.safetensors``)."""
