@@ -3,9 +3,10 @@
     bv-train --config "bv.vit.configs.transfer:model=runs/vit_s16_i1k,dataset=cifar10,crop=resmall_crop" \\
         --workdir runs/transfer_cifar10
 
-``model`` is the pre-trained checkpoint: a bv workdir or checkpoint folder (Hub
-ids and big_vision .npz files come with the Hub issue); its head is dropped and
-re-initialised. SGD with momentum, lr 0.03, 500 warmup steps then cosine, batch
+``model`` is the pre-trained checkpoint: a bv workdir or checkpoint folder, a Hub
+repo id or model folder (bv's or timm's format), or a big_vision ``.npz`` (with
+``file.npz:subtree``); its head is dropped and re-initialised, and a learned
+position embedding is resampled to ``res``. SGD with momentum, lr 0.03, 500 warmup steps then cosine, batch
 512, 10k steps (2.5k for small data sets), no weight decay, 384 px. ``crop``:
 ``resmall_crop`` (resize the small side to 384*1.14 then crop 384) or
 ``resize_crop`` (resize to 384, inception crop), ``central`` for eval.
