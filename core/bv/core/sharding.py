@@ -70,7 +70,9 @@ def make_mesh(
     sizes: list[int] = []
     for axis in given:
         if len(axis) != 2 or not isinstance(axis[0], str) or isinstance(axis[1], bool):
-            raise ValueError(f"Bad config.mesh entry {axis!r} in {given}: expected (axis name, size) like ('data', -1).")
+            raise ValueError(
+                f"Bad config.mesh entry {axis!r} in {given}: expected (axis name, size) like ('data', -1)."
+            )
         name, size = axis
         if name in names:
             raise ValueError(f"config.mesh={given} names the axis {name!r} twice.")
@@ -174,7 +176,9 @@ def replicate() -> Op:
 
 
 @strategies.register("fsdp")
-def fsdp(axis: str | Sequence[str] = "data", min_size_mb: float = 4, *, min_size_to_shard_mb: float | None = None) -> Op:
+def fsdp(
+    axis: str | Sequence[str] = "data", min_size_mb: float = 4, *, min_size_to_shard_mb: float | None = None
+) -> Op:
     """Fully-sharded data parallel: splits the largest free dimension divisible by the ``axis`` size.
 
     Leaves smaller than ``min_size_mb`` MiB (big_vision's ``min_size_to_shard_mb``)
@@ -231,15 +235,16 @@ def logical() -> Op:
     """
 
     def op(spec: Spec, leaf: Leaf) -> Spec:
-        if leaf.logical is None:
+        names = leaf.logical
+        mesh_axes = None if names is None else nn.logical_to_mesh_axes(names, leaf.rules)
+        if names is None or mesh_axes is None:
             return spec
-        mesh_axes = tuple(nn.logical_to_mesh_axes(leaf.logical, leaf.rules))
         new = list(spec)
         for i, entry in enumerate(mesh_axes):
             if entry is None or new[i] is not None:
                 continue
             axes = _axes(entry)
-            _check_axes(leaf.mesh, axes, leaf.name, f"logical rule for {leaf.logical[i]!r}")
+            _check_axes(leaf.mesh, axes, leaf.name, f"logical rule for {names[i]!r}")
             if _used(tuple(new)) & set(axes) or leaf.shape[i] % _size(leaf.mesh, entry):
                 log.info("logical: cannot shard dim %d of %s %s over %s.", i, leaf.name, leaf.shape, axes)
                 continue

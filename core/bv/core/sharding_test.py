@@ -190,9 +190,14 @@ def test_first_matching_regex_wins():
 def test_unmatched_leaf_and_unknown_strategy_are_errors():
     _, shapes = vit_state_shapes()
     mesh = sharding.make_mesh(None)
-    with pytest.raises(ValueError, match=r"No sharding strategy regex matches 'Transformer/encoder_norm/bias', .* and \d+ more.*catch-all"):
+    with pytest.raises(
+        ValueError,
+        match=r"No sharding strategy regex matches 'Transformer/encoder_norm/bias', .* and \d+ more.*catch-all",
+    ):
         sharding.param_shardings(shapes["params"], mesh, [(".*kernel", "replicate")])
-    with pytest.raises(registry.UnknownNameError, match=r"Unknown sharding strategy 'fdsp'.*fsdp.*replicate.*shard_dim"):
+    with pytest.raises(
+        registry.UnknownNameError, match=r"Unknown sharding strategy 'fdsp'.*fsdp.*replicate.*shard_dim"
+    ):
         sharding.param_shardings(shapes, mesh, [(".*", "fdsp(axis='data')")])
     with pytest.raises(ValueError, match=r"Bad sharding strategy 'fsdp\(size=1\)'.*size"):
         sharding.param_shardings(shapes, mesh, [(".*", "fsdp(size=1)")])

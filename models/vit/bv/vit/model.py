@@ -86,6 +86,7 @@ class MlpBlock(nn.Module):
     mlp_dim: int | None = None  # None -> 4 * input width
     dropout: float = 0.0
     dtype_mm: str = "float32"
+    approximate_gelu: bool = True  # big_vision's tanh GELU; False: the exact (erf) one, as timm and PyTorch
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True) -> Array:
@@ -95,7 +96,7 @@ class MlpBlock(nn.Module):
         }
         d = x.shape[-1]
         x = nn.Dense(self.mlp_dim or 4 * d, dtype=self.dtype_mm, **inits)(x)
-        x = nn.gelu(x)
+        x = nn.gelu(x, approximate=self.approximate_gelu)
         x = nn.Dropout(rate=self.dropout)(x, deterministic)
         return nn.Dense(d, dtype=self.dtype_mm, **inits)(x)
 
@@ -107,6 +108,7 @@ class Encoder1DBlock(nn.Module):
     num_heads: int = 12
     dropout: float = 0.0
     dtype_mm: str = "float32"
+    approximate_gelu: bool = True
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True) -> tuple[Array, dict[str, Array]]:
@@ -124,7 +126,9 @@ class Encoder1DBlock(nn.Module):
         x = out["+sa"] = x + y
 
         y = nn.LayerNorm()(x)
-        y = out["mlp"] = MlpBlock(mlp_dim=self.mlp_dim, dropout=self.dropout, dtype_mm=self.dtype_mm)(y, deterministic)
+        y = out["mlp"] = MlpBlock(
+            mlp_dim=self.mlp_dim, dropout=self.dropout, dtype_mm=self.dtype_mm, approximate_gelu=self.approximate_gelu
+        )(y, deterministic)
         y = nn.with_logical_constraint(y, _ACT_AXES)
         y = nn.Dropout(rate=self.dropout)(y, deterministic)
         x = out["+mlp"] = x + y
@@ -154,6 +158,7 @@ class Encoder(nn.Module):
     scan: bool = False
     remat_policy: str = "nothing_saveable"
     dtype_mm: str = "float32"
+    approximate_gelu: bool = True
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool = True) -> tuple[Array, dict[str, Any]]:
@@ -163,6 +168,7 @@ class Encoder(nn.Module):
             "num_heads": self.num_heads,
             "dropout": self.dropout,
             "dtype_mm": self.dtype_mm,
+            "approximate_gelu": self.approximate_gelu,
         }
         if self.scan:
             block_cls: Any = Encoder1DBlock
@@ -193,6 +199,7 @@ class MAPHead(nn.Module):
 
     mlp_dim: int | None = None
     num_heads: int = 12
+    approximate_gelu: bool = True
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -203,7 +210,7 @@ class MAPHead(nn.Module):
             probe, x
         )
         y = nn.LayerNorm()(x)
-        x = x + MlpBlock(mlp_dim=self.mlp_dim)(y)
+        x = x + MlpBlock(mlp_dim=self.mlp_dim, approximate_gelu=self.approximate_gelu)(y)
         return x[:, 0]
 
 
@@ -230,6 +237,7 @@ class VisionTransformer(nn.Module):
     scan: bool = False
     remat_policy: str = "nothing_saveable"
     dtype_mm: str = "float32"
+    approximate_gelu: bool = True  # tanh GELU as big_vision; False for the exact GELU of timm's own weights
 
     def __post_init__(self) -> None:
         self._check_options()  # fail when the model is built, not deep inside the first init
@@ -278,12 +286,13 @@ class VisionTransformer(nn.Module):
             scan=self.scan,
             remat_policy=self.remat_policy,
             dtype_mm=self.dtype_mm,
+            approximate_gelu=self.approximate_gelu,
             name="Transformer",
         )(x, deterministic=not train)
         encoded = out["encoded"] = x
 
         if self.pool_type == "map":
-            x = MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim)(x)
+            x = MAPHead(num_heads=self.num_heads, mlp_dim=self.mlp_dim, approximate_gelu=self.approximate_gelu)(x)
         elif self.pool_type == "gap":
             x = jnp.mean(x, axis=1)
         elif self.pool_type == "0":

@@ -177,6 +177,7 @@ class ViT(PretrainedModel, tags=["vit", "image-classification"]):
             "pool_type": m.pool_type,
             "posemb": m.posemb,
             "rep_size": m.rep_size,
+            "approximate_gelu": m.approximate_gelu,
         }
 
 

@@ -16,10 +16,11 @@ What maps onto what (timm's ``VisionTransformer``):
 * ``Transformer/encoder_norm`` <-> ``norm``; ``MAPHead_0`` <-> ``attn_pool``
   (``AttentionPoolLatent``, timm's ``global_pool='map'``); ``head`` <-> ``head``.
 
-bv's MLP uses the tanh approximation of GELU (as big_vision does); timm's default is the exact
-(erf) GELU. :func:`timm_model_args` therefore asks timm for ``act_layer='gelu_tanh'``, which makes
-the two compute the same function. timm models built with the exact GELU (most of timm's own
-``vit_*`` weights) still convert, but bv's logits then differ slightly from timm's.
+bv's MLP uses the tanh approximation of GELU by default (as big_vision does); timm's default is
+the exact (erf) GELU. The ViT's ``approximate_gelu`` field picks one: :func:`timm_model_args`
+asks timm for the matching ``act_layer`` (``'gelu_tanh'`` or ``'gelu'``), and
+:func:`vit_kwargs_from_timm_config` sets ``approximate_gelu=False`` for timm models with the exact
+GELU (most of timm's own ``vit_*`` weights), so both compute the same function.
 """
 
 from __future__ import annotations
@@ -472,7 +473,7 @@ def timm_model_args(model_kwargs: Mapping[str, Any], *, image_size: int | tuple[
         "no_embed_class": False,
         "fc_norm": False,
         "qkv_bias": True,
-        "act_layer": "gelu_tanh",
+        "act_layer": "gelu_tanh" if fields.get("approximate_gelu", True) else "gelu",
     }
     return name, kwargs
 
@@ -576,7 +577,10 @@ def vit_kwargs_from_timm_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
         out["variant"] = f"{variant}/{patch[0]}"
     else:
         out.update(width=width, depth=depth, mlp_dim=mlp_dim, num_heads=num_heads, patch_size=patch)
-    out.update(pool_type=pool_type, num_classes=num_classes, image_size=_image_size(cfg, default_size))
+    # timm's default activation is the exact GELU (nn.GELU); "gelu_tanh" is big_vision's approximation.
+    approximate = args.get("act_layer") == "gelu_tanh"
+    out.update(pool_type=pool_type, num_classes=num_classes, approximate_gelu=approximate)
+    out["image_size"] = _image_size(cfg, default_size)
     return out
 
 

@@ -175,7 +175,8 @@ def test_timm_hub_folder_loads_into_bv(tmp_path: Any, pool: str) -> None:
     state_dict = safetensors.numpy.load_file(str(tmp_path / "model.safetensors"))
 
     kw = vit_kwargs_from_timm_config(cfg)
-    assert kw == {"variant": "Ti/16", "pool_type": pool, "num_classes": 10, "image_size": (32, 32)}
+    # The timm model here was built by timm_model_args, i.e. with act_layer="gelu_tanh".
+    assert kw == {"variant": "Ti/16", "pool_type": pool, "num_classes": 10, "approximate_gelu": True, "image_size": (32, 32)}
     kw.pop("image_size")
     model = create_model(**kw)
     params = timm_to_params(state_dict, num_heads=model.num_heads)
@@ -281,7 +282,8 @@ def _legacy_config(arch: str, res: int = 224, num_classes: int = 1000) -> dict[s
 def test_kwargs_from_legacy_configs(arch: str, expected: dict[str, Any]) -> None:
     res = int(arch.rsplit("_", 1)[1])
     kw = vit_kwargs_from_timm_config(_legacy_config(arch, res))
-    assert kw == {**expected, "num_classes": 1000, "image_size": (res, res)}
+    # Stock timm architectures use the exact GELU.
+    assert kw == {**expected, "num_classes": 1000, "approximate_gelu": False, "image_size": (res, res)}
 
 
 def test_supported_architectures_agree_with_timm() -> None:
@@ -367,7 +369,7 @@ def test_model_args_win_over_architecture_defaults() -> None:
 
 
 def test_rep_size_has_no_timm_counterpart() -> None:
-    kw = {"variant": "Ti/16", "pool_type": "gap", "num_classes": 10, "rep_size": True}
+    kw: dict[str, Any] = {"variant": "Ti/16", "pool_type": "gap", "num_classes": 10, "rep_size": True}
     params = _bv_random_params(create_model(**kw), seed=8)
     with pytest.raises(ValueError, match="pre_logits.*rep_size"):
         params_to_timm(params, num_heads=3)
