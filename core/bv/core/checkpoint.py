@@ -19,7 +19,8 @@ A save is atomic: it writes the folder under a temporary name, fsyncs it, and
 renames it into place, then rewrites the ``LAST`` pointer the same way. A run
 killed at any moment leaves either the old or the new checkpoint, plus perhaps
 a ``.tmp-*`` leftover that readers ignore and the next save deletes. One
-process writes a workdir's checkpoints at a time.
+process writes a workdir's checkpoints at a time; in a multi-process run all gather the
+arrays and process 0 writes them. A restore places each process's shards, on any topology.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
+from jax.experimental import multihost_utils
 from safetensors import safe_open
 
 from bv.core import tree
@@ -170,6 +172,19 @@ def save(
         raise TypeError(f"Checkpoint metadata must be JSON-serialisable (numbers, strings, lists, dicts): {e}") from e
 
     ckpt_dir = os.path.join(workdir, CHECKPOINTS_DIR)
+    if jax.process_count() > 1:
+        # The arrays were gathered by every process above; process 0 writes, the others wait for it.
+        if jax.process_index() == 0:
+            _write(ckpt_dir, step, info, arrays, keep_last, keep_every)
+        multihost_utils.sync_global_devices(f"bv checkpoint {step}")
+        return os.path.join(ckpt_dir, _ckpt_name(step))
+    return _write(ckpt_dir, step, info, arrays, keep_last, keep_every)
+
+
+def _write(
+    ckpt_dir: str, step: int, info: dict[str, Any], arrays: dict[str, np.ndarray], keep_last: int, keep_every: int | None
+) -> str:
+    """Writes one checkpoint folder atomically, moves LAST to it and prunes older ones."""
     if not os.path.isdir(ckpt_dir):
         os.makedirs(ckpt_dir, exist_ok=True)
         _fsync_dir(os.path.dirname(os.path.abspath(ckpt_dir)))
@@ -325,9 +340,8 @@ def _encode_state(state: Any) -> tuple[list[_Leaf], dict[str, np.ndarray]]:
 
 def _to_host(name: str, value: Any) -> np.ndarray:
     if isinstance(value, jax.Array) and not value.is_fully_addressable:
-        raise NotImplementedError(
-            f"Leaf {name!r} is spread over several processes; saving multi-process arrays is not supported yet."
-        )
+        # Spread over several processes: every process takes part in gathering the whole array.
+        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
     return np.asarray(jax.device_get(value))
 
 
@@ -427,7 +441,25 @@ def _place(value: Any, like: Any) -> Any:
     if not _is_prng_key(value) and jax.dtypes.canonicalize_dtype(value.dtype) != value.dtype:
         return np.asarray(value)  # e.g. int64 while jax runs without x64: keep every bit on the host
     sharding = getattr(like, "sharding", None)
-    return jax.device_put(value, sharding) if sharding is not None else jax.device_put(value)
+    return put_global(value, sharding) if sharding is not None else jax.device_put(value)
+
+
+def put_global(tree: Any, shardings: Any) -> Any:
+    """Host arrays (the same full value on every process) as global ``jax.Array``s laid out by ``shardings``.
+
+    Each process places only its own shards, so this works on any number of processes and devices:
+    it is how a checkpoint from one topology is resharded onto another.
+    """
+
+    def put(value: Any, sharding: jax.sharding.Sharding) -> jax.Array:
+        if isinstance(value, jax.Array) and value.is_fully_addressable and len(jax.devices()) == 1:
+            return jax.device_put(value, sharding)
+        if _is_prng_key(value):
+            return jax.device_put(value, sharding)
+        host = np.asarray(value)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)
 
 
 # ---------------------------------------------------------------------------

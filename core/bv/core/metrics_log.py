@@ -27,9 +27,12 @@ def _jsonable(value: Any) -> Any:
 class MetricLog:
     """Appends metrics to ``workdir/metrics.jsonl`` and prints a summary line."""
 
-    def __init__(self, workdir: str | None, *, resume_step: int = 0, stream: TextIO = sys.stdout):
+    def __init__(
+        self, workdir: str | None, *, resume_step: int = 0, stream: TextIO = sys.stdout, quiet: bool = False
+    ):
         self.path = os.path.join(workdir, METRICS_FILE) if workdir else None
         self.stream = stream
+        self.quiet = quiet  # e.g. processes other than the first of a multi-host run
         if self.path and os.path.exists(self.path):
             self._truncate_after(resume_step)
 
@@ -50,7 +53,8 @@ class MetricLog:
                 f.write(json.dumps(record) + "\n")
         if console is None:
             console = " ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k != "step")
-        print(f"[step {step}] {console}", file=self.stream, flush=True)
+        if not self.quiet:
+            print(f"[step {step}] {console}", file=self.stream, flush=True)
 
     def read(self) -> list[dict[str, Any]]:
         """All records written so far."""

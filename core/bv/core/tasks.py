@@ -45,6 +45,10 @@ class Task:
         """Functions evaluators call by name, e.g. ``{"predict": fn(params, images) -> logits}``."""
         raise NotImplementedError
 
+    def logical_axes(self, params: Params) -> Mapping[str, tuple[str | None, ...]] | None:
+        """Logical axis names per parameter name, for the "logical" sharding strategy (None: no annotations)."""
+        return None
+
 
 def get_model(config: ml_collections.ConfigDict) -> nn.Module:
     """The model ``config.model_name`` built with ``config.model`` and ``config.num_classes``.
@@ -83,6 +87,10 @@ class ClassificationTask(Task):
         logits, _ = self.model.apply({"params": params}, batch["image"], train=True, rngs={"dropout": rng})
         per_example = self.loss_fn(logits, batch["labels"], label_smoothing=self.label_smoothing)
         return jnp.mean(per_example), {}
+
+    def logical_axes(self, params: Params) -> Mapping[str, tuple[str | None, ...]] | None:
+        annotate = getattr(self.model, "logical_axes", None)
+        return annotate(params) if callable(annotate) else None
 
     def predict_fns(self) -> dict[str, Callable[..., Any]]:
         def predict(params: Params, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:

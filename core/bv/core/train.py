@@ -11,18 +11,19 @@ from __future__ import annotations
 import logging
 import math
 import os
+import resource
 import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
-from bv.core import checkpoint, cli, durations, registry
+from bv.core import checkpoint, cli, distributed, durations, registry, sharding
 from bv.core import config as config_lib
+from bv.core.accumulate import accumulate_grads
 from bv.core.failpoints import crash_point
 from bv.core.metrics_log import Chrono, MetricLog, format_duration
 from bv.core.model_init import load_pretrained
@@ -40,15 +41,23 @@ class WorkdirMismatchError(ValueError):
     """The workdir's checkpoint was written for another model or optimizer."""
 
 
-def make_train_step(task: Task, tx: optax.GradientTransformation, schedule_fns: Sequence[tuple[str, Callable]]):
+def make_train_step(
+    task: Task,
+    tx: optax.GradientTransformation,
+    schedule_fns: Sequence[tuple[str, Callable]],
+    grad_accum_steps: int = 1,
+):
     """One optimizer step: ``(params, opt_state, batch, rng, step) -> (params, opt_state, metrics)``.
 
     ``step`` is the number of the step being taken (1 for the first); the step's
     randomness is ``fold_in(rng, step)``, so it does not depend on where a run resumed.
+    With ``grad_accum_steps > 1`` the batch is split into that many microbatches whose
+    gradients are averaged: the same update as the whole batch, in less memory.
     """
 
     def train_step(params: Any, opt_state: Any, batch: Mapping[str, jax.Array], rng: jax.Array, step: jax.Array):
-        loss, metrics, grads = task.grads(params, batch, jax.random.fold_in(rng, step))
+        step_rng = jax.random.fold_in(rng, step)
+        loss, metrics, grads = accumulate_grads(task.grads, params, batch, step_rng, grad_accum_steps)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = {
@@ -126,12 +135,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
     tfds.disable_progress_bar()
 
     # ------------------------------------------------------------------
-    # Devices and mesh: one data-parallel axis over every device.
+    # Devices and mesh (config.mesh; default: one data axis over every device).
+    # The batch is split over every mesh axis except "model".
     # ------------------------------------------------------------------
-    mesh = Mesh(np.asarray(jax.devices()), ("data",))
+    mesh = sharding.make_mesh(config.get("mesh"))
     replicated = NamedSharding(mesh, PartitionSpec())
-    batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+    batch_axes = tuple(a for a in mesh.axis_names if a != "model")
+    batch_sharding = NamedSharding(mesh, PartitionSpec(batch_axes or None))
     num_devices = jax.device_count()
+    batch_shards = math.prod(mesh.shape[a] for a in batch_axes)
+    is_chief = jax.process_index() == 0
+    log.info("%s; mesh %s.", distributed.describe(), dict(mesh.shape))
 
     # ------------------------------------------------------------------
     # Training data and the length of training.
@@ -141,8 +155,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
     builder = input_pipeline.get_builder(data_cfg.name, data_dir)
     train_size = input_pipeline.num_examples(builder, data_cfg.split)
     batch_size = int(config.input.batch_size)
-    if batch_size % num_devices:
-        raise ValueError(f"config.input.batch_size={batch_size} must be divisible by the {num_devices} devices.")
+    grad_accum_steps = int(config.get("grad_accum_steps", 1))
+    if grad_accum_steps < 1:
+        raise ValueError(f"config.grad_accum_steps must be a positive integer, got {grad_accum_steps}.")
+    if batch_size % (batch_shards * grad_accum_steps):
+        raise ValueError(
+            f"config.input.batch_size={batch_size} must be divisible by the {batch_shards} devices the batch is "
+            f"split over (mesh axes {batch_axes}) times config.grad_accum_steps={grad_accum_steps}."
+        )
     local_batch = batch_size // jax.process_count()
     total_steps = durations.total_steps(config, train_size, batch_size)
     resolve_schedule_durations(config, train_size, batch_size, total_steps)
@@ -168,6 +188,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
             start_index=start_step * local_batch,
             cache_raw=config.input.get("cache_raw", False),
             prefetch=config.input.get("prefetch", 2),
+            host_invariant=config.input.get("host_invariant", False),
         )
         return ds, ds.as_numpy_iterator()
 
@@ -189,7 +210,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
         return {"params": params, "opt": tx.init(params)}
 
     state_shapes = {**jax.eval_shape(init_state, init_rng), "rng": jax.eval_shape(lambda: train_rng)}
-    state_shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), state_shapes)
+    # Sharding of params and optimizer state: config.sharding_strategy over leaf names (params/..., opt/...).
+    shardings = sharding.param_shardings(
+        state_shapes,
+        mesh,
+        config.get("sharding_strategy", sharding.DEFAULT_STRATEGY),
+        logical_axes=task.logical_axes(param_shapes),
+        rules=config.get("sharding_rules"),
+    )
+    state_shapes = jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), state_shapes, shardings
+    )
 
     # ------------------------------------------------------------------
     # Resume from the workdir (or config.resume), else fresh (or pre-trained) params.
@@ -203,8 +234,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
         start_step = int(meta["step"])
         log.info("Resuming from %s at step %d.", resume_path, start_step)
     else:
-        state = jax.jit(init_state, out_shardings=replicated)(init_rng)
-        state["rng"] = jax.device_put(train_rng, replicated)
+        state = jax.jit(init_state, out_shardings={"params": shardings["params"], "opt": shardings["opt"]})(init_rng)
+        state["rng"] = jax.device_put(train_rng, shardings["rng"])
         start_step = 0
         if config.get("model_init"):
             model_load = config.get("model_load", {})
@@ -215,8 +246,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
                 config=config,
                 revision=model_load.get("revision"),
             )
-            state["params"] = jax.device_put(params, replicated)
-            state["opt"] = jax.jit(tx.init, out_shardings=replicated)(state["params"])
+            state["params"] = checkpoint.put_global(params, shardings["params"])
+            state["opt"] = jax.jit(tx.init, out_shardings=shardings["opt"])(state["params"])
 
     # ------------------------------------------------------------------
     # Evaluators.
@@ -247,10 +278,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
         evaluators.append((name, evaluator, every))
 
     # Only now, with a consistent state in hand, is the workdir written to.
-    if workdir:
+    # Only process 0 writes logs and the config; every process takes part in checkpoints.
+    if workdir and is_chief:
         os.makedirs(workdir, exist_ok=True)
         config_lib.save_config(config, workdir)
-    metric_log = MetricLog(workdir, resume_step=start_step)
+    metric_log = MetricLog(workdir if is_chief else None, resume_step=start_step, quiet=not is_chief)
 
     def run_evals(step: int, *, final: bool = False) -> dict[str, float]:
         results: dict[str, float] = {}
@@ -264,7 +296,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
     # ------------------------------------------------------------------
     # The loop.
     # ------------------------------------------------------------------
-    train_step = jax.jit(make_train_step(task, tx, schedule_fns), donate_argnums=(0, 1))
+    train_step = jax.jit(
+        make_train_step(task, tx, schedule_fns, grad_accum_steps),
+        in_shardings=(shardings["params"], shardings["opt"], batch_sharding, shardings["rng"], replicated),
+        out_shardings=(shardings["params"], shardings["opt"], replicated),
+        donate_argnums=(0, 1),
+    )
     chrono = Chrono(
         total_steps=total_steps,
         global_batch_size=batch_size,
@@ -297,43 +334,46 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
                 "Try a lower config.lr, config.grad_clip_norm, or a longer warmup."
             )
 
-    for step in range(start_step + 1, total_steps + 1):
-        batch = input_pipeline.to_global_arrays(next(batches), batch_sharding)
-        params, opt, metrics = train_step(state["params"], state["opt"], batch, state["rng"], jnp.int32(step))
-        state["params"], state["opt"] = params, opt
-        check_finite()
-        pending = (step, metrics["training_loss"])
-        crash_point("train.step_done", step)
-
-        if _due(step, log_every, total_steps):
+    # Activation sharding (config.sharding_rules) applies when the step is traced, inside this block.
+    with sharding.activation_rules(config.get("sharding_rules"), mesh):
+        for step in range(start_step + 1, total_steps + 1):
+            batch = input_pipeline.to_global_arrays(next(batches), batch_sharding)
+            params, opt, metrics = train_step(state["params"], state["opt"], batch, state["rng"], jnp.int32(step))
+            state["params"], state["opt"] = params, opt
             check_finite()
-            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            values.update(chrono.tick(step))
-            values["epoch"] = step * batch_size / train_size
-            metric_log.write(step, values, console=_console_line(step, total_steps, values))
-            final.update(values)
+            pending = (step, metrics["training_loss"])
+            crash_point("train.step_done", step)
 
-        checkpoint_due = workdir and _due(step, ckpt_every, total_steps)
-        if evaluators or checkpoint_due:
-            chrono.pause()
-            final.update(run_evals(step))
-            if checkpoint_due:
+            if _due(step, log_every, total_steps):
                 check_finite()
-                assert workdir
-                checkpoint.save(
-                    workdir,
-                    step,
-                    state,
-                    metadata={
-                        "train_seconds": chrono.train_seconds,
-                        "examples_seen": step * batch_size,
-                        "data_index": step * local_batch,
-                    },
-                    keep_every=keep_every,
-                )
-            chrono.resume()
+                values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                values.update(chrono.tick(step))
+                values.update(memory_metrics())
+                values["epoch"] = step * batch_size / train_size
+                metric_log.write(step, values, console=_console_line(step, total_steps, values))
+                final.update(values)
 
-    check_finite()
+            checkpoint_due = workdir and _due(step, ckpt_every, total_steps)
+            if evaluators or checkpoint_due:
+                chrono.pause()
+                final.update(run_evals(step))
+                if checkpoint_due:
+                    check_finite()
+                    assert workdir
+                    checkpoint.save(
+                        workdir,
+                        step,
+                        state,
+                        metadata={
+                            "train_seconds": chrono.train_seconds,
+                            "examples_seen": step * batch_size,
+                            "data_index": step * local_batch,
+                        },
+                        keep_every=keep_every,
+                    )
+                chrono.resume()
+
+        check_finite()
     if start_step >= total_steps:
         log.info("The checkpoint is already at the last step (%d); evaluating only.", total_steps)
         final.update(run_evals(total_steps, final=True))
@@ -343,9 +383,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
     return final
 
 
+def memory_metrics() -> dict[str, float]:
+    """Peak host memory (RSS) and, where the backend reports it, device memory of this process, in GiB."""
+    out = {"host_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # ru_maxrss is KiB
+    stats = [d.memory_stats() for d in jax.local_devices()]
+    if stats and all(stats):
+        out["device_bytes_in_use_gb"] = max(s.get("bytes_in_use", 0) for s in stats) / 2**30
+        out["device_peak_bytes_gb"] = max(s.get("peak_bytes_in_use", 0) for s in stats) / 2**30
+    return out
+
+
 def main(argv: Sequence[str] | None = None, default_config: str | None = None) -> None:
     """Console entry point: parses the command line and trains."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+    # Several processes (multi-host GPU, TPU pod, SLURM): join them before anything touches JAX.
+    distributed.initialize_from_env()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # TFDS and absl log every file they open at INFO; keep the console for training.
     logging.getLogger("absl").setLevel(logging.WARNING)

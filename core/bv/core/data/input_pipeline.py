@@ -6,10 +6,15 @@ places them on devices (``to_global_arrays``).
 Training streams are a pure function of ``(seed, host)``: each host reads its own
 part of the split, shuffles it with a seed derived from ``(seed, host, epoch)``,
 repeats forever, and gives every example a running index and a per-example seed
-``_rng`` derived from ``(seed, host, index)``. Random pp ops read ``data["_rng"]``
-(an int64 ``[2]`` seed for TF's stateless random ops) instead of global TF seeds, so
-that the same run gives the same batches, and a resumed run gives the batches of
-the uninterrupted one (``start_index``). One caveat: tf.data's shuffle also mixes in
+``_rng`` derived from ``(seed, host, index)``. With ``host_invariant=True`` they are
+instead a pure function of ``seed``: every host walks the same global stream and
+keeps its slice of each global batch, so the global batches do not depend on the
+number of hosts.
+
+Random pp ops read ``data["_rng"]`` (an int64 ``[2]`` seed for TF's stateless
+random ops) instead of global TF seeds, so that the same run gives the same
+batches, and a resumed run gives the batches of the uninterrupted one
+(``start_index``). One caveat: tf.data's shuffle also mixes in
 TF's global seed, so code that calls ``tf.random.set_seed`` changes the order (bv
 never sets it).
 
@@ -196,19 +201,34 @@ def make_for_train(
     skip_decode: Sequence[str] = ("image",),
     process_index: int | None = None,
     process_count: int | None = None,
+    host_invariant: bool = False,
 ) -> tf.data.Dataset:
     """An endless stream of this host's training batches (``batch_size // process_count`` each).
 
-    Each host reads its own even part of ``split``; every epoch of it is shuffled
-    (buffer ``shuffle_buffer_size``, 0 to keep the stored order) with a seed from
-    ``(seed, host, epoch)``. Examples then get a running index and ``_rng``, are
+    By default each host reads its own even part of ``split``; every epoch of it is
+    shuffled (buffer ``shuffle_buffer_size``, 0 to keep the stored order) with a seed
+    from ``(seed, host, epoch)``. Examples then get a running index and ``_rng``, are
     preprocessed in parallel (deterministically ordered), and batched dropping the
-    remainder.
+    remainder. The global batch (all hosts' batches, concatenated in host order) thus
+    depends on the number of hosts.
+
+    ``host_invariant=True`` makes the global batches independent of the number of
+    hosts, e.g. to compare or resume a run on a different number of hosts: every host
+    reads the whole ``split`` with the shuffle and example keys of a single host
+    (so the example order and each example's ``_rng`` are those of a 1-host run),
+    cuts that global stream into global batches of ``batch_size`` consecutive
+    examples, and keeps the ``batch_size // process_count`` examples at its own
+    positions ``[host * local, (host + 1) * local)`` of each. Hosts drop the other
+    examples before preprocessing, so preprocessing costs the same as by default,
+    but every host reads (and, with ``cache_raw``, caches) every raw example of the
+    split: ``process_count`` times the reading of the default mode in total.
 
     ``start_index`` counts examples already consumed on this host: after ``k`` steps,
     pass ``k * batch_size // process_count`` to get exactly batches ``k, k+1, ...`` of the
-    uninterrupted run. Whole epochs are skipped without reading them; the rest of the
-    current epoch is read raw and dropped before preprocessing.
+    uninterrupted run, in either mode (with ``host_invariant`` the global stream
+    resumes at ``start_index * process_count``). Whole epochs are skipped without
+    reading them; the rest of the current epoch is read raw and dropped before
+    preprocessing.
 
     ``process_index``/``process_count`` default to JAX's; pass them to build another
     host's stream (tests, debugging).
@@ -217,15 +237,23 @@ def make_for_train(
     local_batch_size = _local_batch_size(batch_size, process_count)
     if start_index < 0:
         raise ValueError(f"start_index must be >= 0, got {start_index}.")
-    split_for_host = host_split(split, process_index, process_count)
-    epoch_size = num_examples(builder, split_for_host)
+    if host_invariant:
+        split_to_read: tfds.typing.SplitArg = split
+        key_host = 0
+        # The first global index this host still needs: its position in the global batch it is in.
+        steps_done, in_batch = divmod(start_index, local_batch_size)
+        stream_start = steps_done * batch_size + process_index * local_batch_size + in_batch
+    else:
+        split_to_read = host_split(split, process_index, process_count)
+        key_host = process_index
+        stream_start = start_index
+    epoch_size = num_examples(builder, split_to_read)
     if epoch_size == 0:
-        raise ValueError(
-            f"Host {process_index} of {process_count} gets no examples of {split!r} in {builder.info.name!r}."
-        )
-    shuffle_key, example_key = _keys(seed, process_index)
+        whose = "The split" if host_invariant else f"Host {process_index} of {process_count}"
+        raise ValueError(f"{whose} gets no examples of {split!r} in {builder.info.name!r}.")
+    shuffle_key, example_key = _keys(seed, key_host)
 
-    raw = _read(builder, split_for_host, skip_decode)
+    raw = _read(builder, split_to_read, skip_decode)
     if cache_raw:
         raw = raw.cache()
 
@@ -237,14 +265,28 @@ def make_for_train(
         )
         return raw.shuffle(shuffle_buffer_size, seed=epoch_seed, reshuffle_each_iteration=False)
 
-    first_epoch, offset = divmod(start_index, epoch_size)
+    first_epoch, offset = divmod(stream_start, epoch_size)
     ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
-    ds = ds.skip(offset).enumerate(start=start_index)
+    ds = ds.skip(offset).enumerate(start=stream_start)
+    if host_invariant and process_count > 1:
+        ds = ds.filter(_owned_by(process_index, batch_size, local_batch_size))
     ds = ds.map(_with_rng(preprocess_fn, example_key), num_parallel_calls=num_parallel_calls, deterministic=True)
     ds = ds.batch(local_batch_size, drop_remainder=True)
     if prefetch:
         ds = ds.prefetch(prefetch)
     return ds.with_options(_options())
+
+
+def _owned_by(
+    process_index: int, batch_size: int, local_batch_size: int
+) -> Callable[[tf.Tensor, dict[str, tf.Tensor]], tf.Tensor]:
+    """Predicate on (global index, example): whether the example falls in this host's slice of its global batch."""
+
+    def owned(index: tf.Tensor, example: dict[str, tf.Tensor]) -> tf.Tensor:
+        del example
+        return tf.equal((index % batch_size) // local_batch_size, process_index)
+
+    return owned
 
 
 # ---------------------------------------------------------------------------

@@ -210,3 +210,101 @@ def test_unprepared_dataset_is_a_clear_error(tmp_path: Path) -> None:
     builder = ip.get_builder("cifar10", str(tmp_path))
     with pytest.raises(ValueError, match="no prepared data"):
         ip.num_examples(builder, "train")
+
+
+# ---------------------------------------------------------------------------
+# host_invariant: the global batches do not depend on the number of hosts
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> tfds.core.DatasetBuilder:
+    return ip.get_builder("digits", str(tmp_path_factory.mktemp("tfds_digits")))
+
+
+def digits_pp() -> ip.PreprocessFn:
+    """Real random pp ops (crop and flip from ``_rng``), plus the ``_rng`` itself and ``_id`` to compare."""
+    import bv.pp
+
+    ops = bv.pp.get_preprocess_fn("decode(1)|random_crop(6)|flip_lr|value_range(0, 1)")
+
+    def pp(data: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        out = ops(dict(data))
+        return {"image": out["image"], "label": out["label"], "id": data["_id"], "rng": data["_rng"]}
+
+    return pp
+
+
+def global_batches(
+    builder: tfds.core.DatasetBuilder, split: str, hosts: int, steps: int, start_step: int = 0, **kw: Any
+) -> list[dict[str, np.ndarray]]:
+    """The hosts' local batches of ``steps`` steps from ``start_step``, concatenated in host order."""
+    batch_size = kw.pop("batch_size", 8)
+    local = batch_size // hosts
+    per_host = [
+        take(
+            ip.make_for_train(
+                builder,
+                split,
+                batch_size,
+                digits_pp(),
+                host_invariant=True,
+                start_index=start_step * local,
+                process_index=h,
+                process_count=hosts,
+                **kw,
+            ),
+            steps,
+        )
+        for h in range(hosts)
+    ]
+    for batches in per_host:
+        assert len(batches) == steps and all(b["image"].shape == (local, 6, 6, 1) for b in batches)
+    return [{k: np.concatenate([b[s][k] for b in per_host]) for k in per_host[0][s]} for s in range(steps)]
+
+
+def test_host_invariant_global_batches_match_one_host(digits: tfds.core.DatasetBuilder) -> None:
+    kw: dict[str, Any] = dict(seed=11, shuffle_buffer_size=64)
+    one = global_batches(digits, "train[:30]", 1, 6, **kw)  # 48 examples: crosses an epoch boundary.
+    for hosts in (2, 4):
+        assert_batches_equal(one, global_batches(digits, "train[:30]", hosts, 6, **kw))
+    ids = np.concatenate([b["id"] for b in one])
+    assert len(set(ids[:30])) == 30  # One epoch visits each example once.
+    rngs = np.concatenate([b["rng"] for b in one])
+    assert len({tuple(r) for r in rngs}) == len(rngs)
+    # The pp is really random: crops and flips differ for the same example across epochs.
+    images = np.concatenate([b["image"] for b in one])
+    first_epoch = dict(zip(ids[:30].tolist(), images[:30]))
+    assert any(not np.array_equal(first_epoch[i], img) for i, img in zip(ids[30:].tolist(), images[30:]))
+    # Without host_invariant, host 0 of 2 starts differently (it reads only its half of the split).
+    default = take(ip.make_for_train(digits, "train[:30]", 8, digits_pp(), process_index=0, process_count=2, **kw), 1)
+    assert not np.array_equal(default[0]["id"], one[0]["id"][:4])
+
+
+def test_host_invariant_resume(digits: tfds.core.DatasetBuilder) -> None:
+    kw: dict[str, Any] = dict(seed=3, shuffle_buffer_size=32, num_parallel_calls=2)
+    full = global_batches(digits, "train[:20]", 2, 7, **kw)  # 56 examples: into the third epoch of 20.
+    # Step 3 is global example 24: skips one whole epoch and 4 examples, then crosses into the third epoch.
+    resumed = global_batches(digits, "train[:20]", 2, 4, start_step=3, **kw)
+    assert_batches_equal(full[3:7], resumed)
+    # Host 1 resumed after 6 examples (mid-batch) continues with its 7th, in the middle of step 1.
+    host1 = {k: np.concatenate([b[k][4:] for b in full]) for k in full[0]}
+    mid = ip.make_for_train(
+        digits, "train[:20]", 8, digits_pp(), start_index=6, process_index=1, process_count=2, host_invariant=True, **kw
+    )
+    got = take(mid, 2)
+    for k, v in host1.items():
+        np.testing.assert_array_equal(np.concatenate([b[k] for b in got]), v[6:14], err_msg=k)
+
+
+def test_host_invariant_preprocesses_only_own_examples(digits: tfds.core.DatasetBuilder) -> None:
+    calls = []
+
+    def counting_pp(data: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        tf.py_function(lambda: calls.append(1), [], [])
+        return {"id": data["_id"]}
+
+    kw: dict[str, Any] = dict(seed=0, process_index=3, process_count=4, host_invariant=True)
+    ds = ip.make_for_train(digits, "train", 16, counting_pp, num_parallel_calls=1, prefetch=0, start_index=1001, **kw)
+    take(ds, 3)
+    assert len(calls) < 20  # Three batches of 4, plus read-ahead; not the 48 raw examples of 3 global batches.

@@ -11,6 +11,7 @@ blocks are stacked under ``Transformer/encoderblock`` with a leading depth axis;
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -18,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from bv.core.tree import flatten_with_names
 
 Array = Any  # a jax or numpy array
 Params = Any  # a nested mapping of arrays
@@ -239,6 +242,10 @@ class VisionTransformer(nn.Module):
     dtype_mm: str = "float32"
     approximate_gelu: bool = True  # tanh GELU as big_vision; False for the exact GELU of timm's own weights
 
+    def logical_axes(self, params: Params) -> dict[str, tuple[str | None, ...]]:
+        """Logical axis names of ``params``, for the trainer's "logical" sharding strategy."""
+        return logical_axes(params)
+
     def __post_init__(self) -> None:
         self._check_options()  # fail when the model is built, not deep inside the first init
         super().__post_init__()
@@ -317,6 +324,37 @@ class VisionTransformer(nn.Module):
             out["logits_2d"] = head(x_2d)
             x = out["logits"] = head(x)
         return x, out
+
+
+# Logical axis names of each parameter, for sharding (config.sharding_strategy "logical" + config.sharding_rules):
+# e.g. rules [("mlp", "model"), ("heads", "model")] give Megatron-style model parallelism.
+_LOGICAL_AXES: list[tuple[str, tuple[str | None, ...]]] = [
+    (r".*(query|key|value)/kernel", ("embed", "heads", "kv")),
+    (r".*(query|key|value)/bias", ("heads", "kv")),
+    (r".*out/kernel", ("heads", "kv", "embed")),
+    (r".*MlpBlock_0/Dense_0/kernel", ("embed", "mlp")),
+    (r".*MlpBlock_0/Dense_0/bias", ("mlp",)),
+    (r".*MlpBlock_0/Dense_1/kernel", ("mlp", "embed")),
+    (r"head/kernel", ("embed", "classes")),
+    (r"head/bias", ("classes",)),
+    (r"pre_logits/kernel", ("embed", "embed_out")),
+    (r"embedding/kernel", (None, None, None, "embed")),
+    (r"(pos_embedding|cls|MAPHead_0/probe)", (None, None, "embed")),
+    (r".*", ("embed",)),  # LayerNorm scales and biases, output biases: [width]
+]
+
+
+def logical_axes(params: Params) -> dict[str, tuple[str | None, ...]]:
+    """``{param name: logical axis names}`` for ViT params (either layout; scanned blocks get "layers" first)."""
+    out: dict[str, tuple[str | None, ...]] = {}
+    for name, leaf in flatten_with_names(params):
+        scanned = "/encoderblock/" in f"/{name}"
+        ndim = len(leaf.shape) - int(scanned)
+        for pattern, names in _LOGICAL_AXES:
+            if re.fullmatch(pattern, name) and len(names) == ndim:
+                out[name] = (("layers",) if scanned else ()) + names
+                break
+    return out
 
 
 def create_model(num_classes: int | None = None, *, variant: str | None = None, **kw: Any) -> VisionTransformer:
