@@ -83,12 +83,16 @@ def main() -> None:
             reference = timm_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
         max_diff = float(np.abs(logits - reference).max())
 
-    print(f"ViT-{args.variant} at {args.resolution} px, {args.num_classes} classes: {size_mb:.0f} MiB of float32 weights")
+    print(
+        f"ViT-{args.variant} at {args.resolution} px, {args.num_classes} classes: {size_mb:.0f} MiB of float32 weights"
+    )
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), torch threads: {torch.get_num_threads()}")
     print(f"bv   ViT.from_pretrained(folder):              {bv_s:7.3f} s (median of {args.repeats})")
     print(f"timm create_model('local-dir:...', pretrained): {timm_s:7.3f} s (median of {args.repeats})")
     print(f"ratio bv / timm: {bv_s / timm_s:.2f}")
-    print(f"bv first forward (jit compile + run, batch 2): {first_call_s:.2f} s; max |logits bv - timm| = {max_diff:.2e}")
+    print(
+        f"bv first forward (jit compile + run, batch 2): {first_call_s:.2f} s; max |logits bv - timm| = {max_diff:.2e}"
+    )
 
 
 if __name__ == "__main__":

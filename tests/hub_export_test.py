@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import huggingface_hub
 import jax
@@ -17,7 +18,7 @@ from bv.vit import ViT
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     root = tmp_path_factory.mktemp("export")
     config = load_config("bv.vit.configs.mnist:runlocal")
     config.input.data.data_dir = str(root / "tfds")
@@ -26,11 +27,19 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
     return root, config
 
 
+def _latest(workdir: Path) -> str:
+    path = checkpoint.latest(str(workdir))
+    assert path is not None, f"{workdir} has no checkpoint"
+    return path
+
+
 def _images(n: int = 3) -> np.ndarray:
     return np.random.RandomState(0).uniform(-1, 1, (n, 28, 28, 1)).astype(np.float32)
 
 
-def test_export_writes_a_folder_that_loads_with_equal_logits(run: tuple[Path, object], capsys: pytest.CaptureFixture) -> None:
+def test_export_writes_a_folder_that_loads_with_equal_logits(
+    run: tuple[Path, Any], capsys: pytest.CaptureFixture
+) -> None:
     root, config = run
     export.main([str(root / "run"), str(root / "hub")])
     assert "Wrote" in capsys.readouterr().out
@@ -49,16 +58,16 @@ def test_export_writes_a_folder_that_loads_with_equal_logits(run: tuple[Path, ob
     assert result.metric_type == "accuracy" and result.metric_value == pytest.approx(final["test/prec@1"])
 
     model = ViT.from_pretrained(str(root / "hub"))
-    params = checkpoint.load_params(checkpoint.latest(str(root / "run")))
+    params = checkpoint.load_params(_latest(root / "run"))
     expected, _ = jax.jit(get_model(config).apply)({"params": params}, _images())  # jitted, like the model
     np.testing.assert_array_equal(np.asarray(model(_images())), np.asarray(expected))
 
 
-def test_exported_folder_and_npz_seed_a_new_run(run: tuple[Path, object]) -> None:
+def test_exported_folder_and_npz_seed_a_new_run(run: tuple[Path, Any]) -> None:
     root, config = run
     export.export(str(root / "run"), str(root / "hub2"))
     export.export(str(root / "run"), str(root / "ckpt.npz"), fmt="big_vision")
-    trained = checkpoint.load_params(checkpoint.latest(str(root / "run")))
+    trained = checkpoint.load_params(_latest(root / "run"))
     for source in (str(root / "hub2"), str(root / "ckpt.npz")):
         new = load_config("bv.vit.configs.mnist:runlocal")
         new.input.data.data_dir = config.input.data.data_dir
@@ -66,7 +75,7 @@ def test_exported_folder_and_npz_seed_a_new_run(run: tuple[Path, object]) -> Non
         new.model_init = source
         new.total_steps, new.lr, new.wd = 1, 0.0, 0.0  # one step that changes nothing
         train.train(new, str(root / f"init_{Path(source).name}"))
-        loaded = checkpoint.load_params(checkpoint.latest(str(root / f"init_{Path(source).name}")))
+        loaded = checkpoint.load_params(_latest(root / f"init_{Path(source).name}"))
         for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(loaded)):
             np.testing.assert_array_equal(a, b)
 

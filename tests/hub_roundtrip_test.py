@@ -40,7 +40,7 @@ def _images() -> np.ndarray:
 
 
 def _assert_bitwise(a: Any, b: Any) -> None:
-    assert jax.tree.structure(a) == jax.tree.structure(b)
+    assert str(jax.tree.structure(a)) == str(jax.tree.structure(b))
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -74,7 +74,9 @@ def test_revision_pins_a_commit_and_a_wrong_one_fails_clearly(hub: Any, tmp_path
     local_hub.make_git_model_repo(repos, "org/pinned", tmp_path / "new")
     with local_hub.use_endpoint(url):
         _assert_bitwise(new.params, ViT.from_pretrained("org/pinned", cache_dir=tmp_path / "c").params)
-        _assert_bitwise(old.params, ViT.from_pretrained("org/pinned", revision=old_sha, cache_dir=tmp_path / "c").params)
+        _assert_bitwise(
+            old.params, ViT.from_pretrained("org/pinned", revision=old_sha, cache_dir=tmp_path / "c").params
+        )
         with pytest.raises(SourceError, match="revision 'no-such-branch'"):
             ViT.from_pretrained("org/pinned", revision="no-such-branch", cache_dir=tmp_path / "c")
 
@@ -125,11 +127,18 @@ def test_offline_uses_the_cache_and_fails_fast_when_uncached(hub: Any, tmp_path:
         """
     )
     # A real HF_HUB_OFFLINE=1 (read at import), and an endpoint where nothing listens.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_ENDPOINT": "http://127.0.0.1:9",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "org/never-downloaded is not in the local Hub cache" in result.stdout
     assert "HF_HUB_OFFLINE=1" in result.stdout
     seconds = float(result.stdout.split("SECONDS:")[1])
-    assert seconds < 2.0, f"an uncached repo took {seconds:.1f} s to fail offline (total {time.perf_counter() - start:.0f} s)"
+    assert (
+        seconds < 2.0
+    ), f"an uncached repo took {seconds:.1f} s to fail offline (total {time.perf_counter() - start:.0f} s)"

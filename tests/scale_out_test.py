@@ -31,6 +31,13 @@ CASES = {
     },
     "accum4": {"grad_accum_steps": 4},
 }
+# Scanned blocks with remat (initialised differently from the loop, so compared with each other):
+# replicated, and sharded by FSDP over the devices.
+SCAN_MODEL = dict(patch_size=(7, 7), width=32, depth=2, num_heads=2, mlp_dim=64, pool_type="gap", scan=True)
+SCAN_CASES = {
+    "dp_scan": {"model": SCAN_MODEL},
+    "fsdp_scan": {"model": SCAN_MODEL, "sharding_strategy": [(".*", "fsdp(axis='data', min_size_mb=0)")]},
+}
 
 RUNNER = textwrap.dedent(
     """
@@ -135,9 +142,11 @@ def baseline(root: Path) -> dict[int, float]:
 
 
 def test_eight_devices_match_one_device(root: Path, baseline: dict[int, float]) -> None:
-    _run(root / "tfds", [(root / name, STEPS, extra) for name, extra in CASES.items()], devices=8)
+    cases = {**CASES, **SCAN_CASES}
+    _run(root / "tfds", [(root / name, STEPS, extra) for name, extra in cases.items()], devices=8)
     for name in CASES:
         _assert_same_losses(_losses(root / name), baseline, range(1, STEPS + 1))
+    _assert_same_losses(_losses(root / "fsdp_scan"), _losses(root / "dp_scan"), range(1, STEPS + 1))
 
 
 def test_two_processes_match_and_checkpoints_cross_topologies(root: Path, baseline: dict[int, float]) -> None:

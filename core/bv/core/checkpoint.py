@@ -182,7 +182,12 @@ def save(
 
 
 def _write(
-    ckpt_dir: str, step: int, info: dict[str, Any], arrays: dict[str, np.ndarray], keep_last: int, keep_every: int | None
+    ckpt_dir: str,
+    step: int,
+    info: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    keep_last: int,
+    keep_every: int | None,
 ) -> str:
     """Writes one checkpoint folder atomically, moves LAST to it and prunes older ones."""
     if not os.path.isdir(ckpt_dir):

@@ -113,7 +113,9 @@ def build_model(workdir: str, *, checkpoint_path: str | None = None) -> tuple[An
     name = config.get("model_name")
     registry.import_model_package(name or "")
     if name not in registry.hub_models:
-        raise ExportError(f"The run's model {name!r} has no Hub class; known: {', '.join(registry.hub_models.names())}.")
+        raise ExportError(
+            f"The run's model {name!r} has no Hub class; known: {', '.join(registry.hub_models.names())}."
+        )
     evals = [dict(e) for e in config.get("evals", {}).values() if e.get("type") == "classification"]
     pp_source = evals[0].get("pp_fn", "") if evals else config.input.get("pp", "")
     pp, resolution, channels = inference_pp(pp_source)

@@ -27,9 +27,7 @@ def _jsonable(value: Any) -> Any:
 class MetricLog:
     """Appends metrics to ``workdir/metrics.jsonl`` and prints a summary line."""
 
-    def __init__(
-        self, workdir: str | None, *, resume_step: int = 0, stream: TextIO = sys.stdout, quiet: bool = False
-    ):
+    def __init__(self, workdir: str | None, *, resume_step: int = 0, stream: TextIO = sys.stdout, quiet: bool = False):
         self.path = os.path.join(workdir, METRICS_FILE) if workdir else None
         self.stream = stream
         self.quiet = quiet  # e.g. processes other than the first of a multi-host run

@@ -59,9 +59,7 @@ def load_pretrained(
         adapt = None
         if hub_cls is not None and target is not None:
             adapt = lambda n, v, s: hub_cls.adapt_param(n, v, s, target)  # noqa: E731
-        return fit_params(
-            loaded, init_params, dont_load=dont_load, adapt=adapt, what=f"config.model_init={source!r}"
-        )
+        return fit_params(loaded, init_params, dont_load=dont_load, adapt=adapt, what=f"config.model_init={source!r}")
     if hub_cls is None or target is None:
         raise ValueError(
             f"config.model_init={source!r} is not a bv checkpoint, and the model "

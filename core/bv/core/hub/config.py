@@ -52,7 +52,7 @@ class HubConfig:
         if not isinstance(data, Mapping):
             raise ConfigFormatError(f"{source} must hold a JSON object, got {type(data).__name__}.")
         if data.get("format") != FORMAT:
-            raise ConfigFormatError(f"{source} is not a bv model config (it has no \"format\": \"bv\" entry).")
+            raise ConfigFormatError(f'{source} is not a bv model config (it has no "format": "bv" entry).')
         version = data.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise ConfigFormatError(
@@ -65,7 +65,9 @@ class HubConfig:
             raise ConfigFormatError(f"{source}: 'model' must be an object of model keyword arguments.")
         num_classes = data.get("num_classes")
         if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 0):
-            raise ConfigFormatError(f"{source}: num_classes must be a non-negative integer or null, got {num_classes!r}.")
+            raise ConfigFormatError(
+                f"{source}: num_classes must be a non-negative integer or null, got {num_classes!r}."
+            )
         resolution = data.get("resolution", 224)
         if not isinstance(resolution, int) or resolution <= 0:
             raise ConfigFormatError(f"{source}: resolution must be a positive integer, got {resolution!r}.")

@@ -58,7 +58,8 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
         module = self.module
 
         def forward(params: Params, images: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-            return module.apply({"params": params}, images, train=False)  # type: ignore[no-any-return]
+            logits, out = module.apply({"params": params}, images, train=False)
+            return logits, dict(out)
 
         self._forward = jax.jit(forward)
 
@@ -100,7 +101,9 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
         try:
             return factory(num_classes=config.num_classes, **config.model)  # type: ignore[no-any-return]
         except (TypeError, ValueError) as e:
-            raise ConfigFormatError(f"The model config {config.model} does not build a '{config.model_name}': {e}") from e
+            raise ConfigFormatError(
+                f"The model config {config.model} does not build a '{config.model_name}': {e}"
+            ) from e
 
     def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
         return _input_shape(self.config, batch)
@@ -179,7 +182,9 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
         return None
 
     @classmethod
-    def from_timm_folder(cls, timm_config: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> tuple[HubConfig, Params]:
+    def from_timm_folder(
+        cls, timm_config: Mapping[str, Any], weights: Mapping[str, np.ndarray]
+    ) -> tuple[HubConfig, Params]:
         """A (config, params) pair from a timm Hub folder; models without timm support refuse."""
         raise ConfigFormatError(
             f"This folder holds a timm model ({timm_config.get('architecture')!r}); {cls.__name__} cannot convert "
@@ -225,7 +230,9 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
         card_kwargs = dict(model_card_kwargs or {})
         card_kwargs.setdefault("repo_id", repo_id)
         card_kwargs["metrics"] = [m if isinstance(m, Metric) else Metric(**m) for m in card_kwargs.get("metrics", ())]
-        card = make_card(cfg, class_name=type(self).__name__, module=type(self).__module__.rsplit(".", 1)[0], **card_kwargs)
+        card = make_card(
+            cfg, class_name=type(self).__name__, module=type(self).__module__.rsplit(".", 1)[0], **card_kwargs
+        )
         with tempfile.TemporaryDirectory(prefix=".bv-save-", dir=folder) as tmp:
             written = write_weights(tmp, self.state_dict(), max_shard_bytes=max_shard_size)
             write_config(os.path.join(tmp, CONFIG_FILE), cfg)
@@ -329,7 +336,9 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
         )
 
     @classmethod
-    def _read_source(cls, src: sources.Source, *, variant: str | None) -> tuple[type[PretrainedModel], HubConfig, Params]:
+    def _read_source(
+        cls, src: sources.Source, *, variant: str | None
+    ) -> tuple[type[PretrainedModel], HubConfig, Params]:
         """(the class to build, the stored config, the params in that config's layout)."""
         if src.kind == "npz":
             from bv.core.hub.npz import load_npz
@@ -355,7 +364,7 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
             config, params = owner.from_timm_folder(data, read_weights(src.path))
             return owner, owner._stamp(config), params
         raise ConfigFormatError(
-            f"{config_path} is neither a bv model config (\"format\": \"bv\") nor a timm one (\"architecture\"). "
+            f'{config_path} is neither a bv model config ("format": "bv") nor a timm one ("architecture"). '
             "bv loads folders written by save_pretrained, timm folders and big_vision .npz files."
         )
 
@@ -369,7 +378,8 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
                 f"model's class (or bv.core.hub.load_model, which picks the class)."
             )
         registry.import_model_package(model_name)
-        return registry.hub_models.get(model_name)  # type: ignore[no-any-return]
+        found: type[PretrainedModel] = registry.hub_models.get(model_name)  # type: ignore[assignment]
+        return found
 
     @classmethod
     def _concrete(cls, what: str) -> type[PretrainedModel]:
@@ -442,4 +452,3 @@ def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
 def load_model(source: str, **kwargs: Any) -> PretrainedModel:
     """Loads any bv model folder or Hub repo, picking the class from its config.json (``model_name``)."""
     return PretrainedModel.from_pretrained(source, **kwargs)
-

@@ -19,7 +19,6 @@ import pytest
 from bv.core import registry
 from bv.core.hub import (
     ConfigFormatError,
-    HubConfig,
     ParamsMismatchError,
     PretrainedModel,
     SourceError,
@@ -92,7 +91,14 @@ def test_folder_format(tmp_path: Path) -> None:
 
     with safe_open(str(tmp_path / "model.safetensors"), framework="np") as f:
         assert f.metadata() == {"format": "flax"}
-        assert sorted(f.keys()) == ["head/bias", "head/kernel", "hidden/bias", "hidden/kernel", "stem/bias", "stem/kernel"]
+        assert sorted(f.keys()) == [
+            "head/bias",
+            "head/kernel",
+            "hidden/bias",
+            "hidden/kernel",
+            "stem/bias",
+            "stem/kernel",
+        ]
     card = huggingface_hub.ModelCard.load(tmp_path / "README.md")
     assert card.data.library_name == "bv" and card.data.license == "apache-2.0"
     assert card.data.pipeline_tag == "image-classification" and "flax" in card.data.tags
@@ -124,7 +130,9 @@ def test_overrides_new_head_and_model_kwargs(tmp_path: Path) -> None:
     model.save_pretrained(tmp_path)
     new = TinyNet.from_pretrained(tmp_path, num_classes=7)
     assert new.params["head"]["kernel"].shape == (8, 7) and new.labels is None
-    np.testing.assert_array_equal(np.asarray(new.params["hidden"]["kernel"]), np.asarray(model.params["hidden"]["kernel"]))
+    np.testing.assert_array_equal(
+        np.asarray(new.params["hidden"]["kernel"]), np.asarray(model.params["hidden"]["kernel"])
+    )
     with pytest.raises(ParamsMismatchError, match="shape of hidden/kernel"):
         TinyNet.from_pretrained(tmp_path, width=16)
 

@@ -186,7 +186,7 @@ def save_npz(path: str | os.PathLike[str], params: Any, *, dtype: Any = None) ->
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stubs type **kwds as bool
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes it private (0600); give it a normal file's mode

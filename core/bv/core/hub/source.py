@@ -100,7 +100,7 @@ def download(
             huggingface_hub.snapshot_download(
                 repo_id,
                 revision=revision,
-                cache_dir=cache_dir,
+                cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
                 force_download=force_download,
                 local_files_only=local_files_only,
                 token=token,
@@ -143,4 +143,3 @@ def _status(e: Any) -> str:
     response = getattr(e, "response", None)
     code = getattr(response, "status_code", None)
     return f"HTTP {code}" if code else type(e).__name__
-

@@ -14,7 +14,15 @@ import pytest
 import scipy.ndimage
 from bv.core import registry
 from bv.core.tree import flatten_with_names, map_with_names
-from bv.vit import VARIANTS, VisionTransformer, create_model, decode_variant, pyloop_to_scan, resample_posemb, scan_to_pyloop
+from bv.vit import (
+    VARIANTS,
+    VisionTransformer,
+    create_model,
+    decode_variant,
+    pyloop_to_scan,
+    resample_posemb,
+    scan_to_pyloop,
+)
 from bv.vit.model import posemb_sincos_2d
 
 TINY: dict[str, Any] = {"width": 32, "depth": 2, "mlp_dim": 48, "num_heads": 4, "patch_size": (4, 4)}
@@ -29,7 +37,7 @@ def _shapes(params: Any) -> dict[str, tuple[int, ...]]:
     return {name: tuple(leaf.shape) for name, leaf in flatten_with_names(params)}
 
 
-def _random_params(model: ViT, seed: int = 0) -> Any:
+def _random_params(model: VisionTransformer, seed: int = 0) -> Any:
     """Random params of the right shapes without running the (slow to compile) initialisers."""
     abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), IMAGE)["params"]
     rng = np.random.RandomState(seed)
@@ -176,7 +184,9 @@ def test_rep_size_adds_pre_logits() -> None:
     assert out["pre_logits"].shape == (2, 24)
     assert out["pre_logits_2d"].shape == (2, 4, 4, 24)
     assert float(np.max(np.abs(out["pre_logits"]))) <= 1.0  # tanh
-    as_width = jax.eval_shape(lambda x: VisionTransformer(rep_size=True, **TINY).init(jax.random.key(0), x), IMAGE)["params"]
+    as_width = jax.eval_shape(lambda x: VisionTransformer(rep_size=True, **TINY).init(jax.random.key(0), x), IMAGE)[
+        "params"
+    ]
     assert as_width["pre_logits"]["kernel"].shape == (32, 32)  # rep_size=True -> width
 
 
@@ -240,14 +250,16 @@ def test_initialisers() -> None:
 
 def test_scan_and_pyloop_agree() -> None:
     kw: dict[str, Any] = {"num_classes": 5, "pool_type": "map", **TINY}
-    loop, scan = VisionTransformer(**kw), VisionTransformer(scan=True, **kw)  # scan remats with the default "nothing_saveable" policy
+    loop, scan = VisionTransformer(**kw), VisionTransformer(
+        scan=True, **kw
+    )  # scan remats with the default "nothing_saveable" policy
     params = _random_params(loop)
     scan_params = pyloop_to_scan(params)
     expected = jax.eval_shape(lambda x: scan.init(jax.random.key(0), x), IMAGE)["params"]
     assert _shapes(scan_params) == _shapes(expected)
     jax.tree.map(np.testing.assert_array_equal, scan_to_pyloop(scan_params), params)
 
-    def loss(model: ViT, p: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    def loss(model: VisionTransformer, p: Any) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         logits, out = model.apply({"params": p}, IMAGE)
         return jnp.sum(logits**2), (logits, out["encoder"]["block01"]["sa"])
 

@@ -64,7 +64,9 @@ class ViT(PretrainedModel, tags=["vit", "image-classification"]):
     # ---- timm ---------------------------------------------------------------------------------
 
     @classmethod
-    def from_timm_folder(cls, timm_config: Mapping[str, Any], weights: Mapping[str, np.ndarray]) -> tuple[HubConfig, Params]:
+    def from_timm_folder(
+        cls, timm_config: Mapping[str, Any], weights: Mapping[str, np.ndarray]
+    ) -> tuple[HubConfig, Params]:
         from bv.vit import timm_convert  # only needed for timm folders
 
         kwargs = dict(timm_convert.vit_kwargs_from_timm_config(dict(timm_config)))

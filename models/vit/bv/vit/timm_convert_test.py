@@ -176,7 +176,13 @@ def test_timm_hub_folder_loads_into_bv(tmp_path: Any, pool: str) -> None:
 
     kw = vit_kwargs_from_timm_config(cfg)
     # The timm model here was built by timm_model_args, i.e. with act_layer="gelu_tanh".
-    assert kw == {"variant": "Ti/16", "pool_type": pool, "num_classes": 10, "approximate_gelu": True, "image_size": (32, 32)}
+    assert kw == {
+        "variant": "Ti/16",
+        "pool_type": pool,
+        "num_classes": 10,
+        "approximate_gelu": True,
+        "image_size": (32, 32),
+    }
     kw.pop("image_size")
     model = create_model(**kw)
     params = timm_to_params(state_dict, num_heads=model.num_heads)

@@ -54,6 +54,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         )
     )
 
+    # Scale-out (see docs/scaling.md); change from the command line, e.g.
+    # --config.sharding_strategy="[('.*', 'fsdp(axis=\'data\')')]" or --config.grad_accum_steps=4.
+    config.mesh = [("data", -1)]
+    config.sharding_strategy = [(".*", "replicate")]
+    config.sharding_rules = [("act_batch", "data")]
+    config.grad_accum_steps = 1
+
     if opts.runlocal:
         config.input.shuffle_buffer_size = 100
         config.input.batch_size = 8
