@@ -15,6 +15,7 @@ import jax  # noqa: E402
 import pytest  # noqa: E402
 
 from bv.core import distributed  # noqa: E402
+from bv.core import sharding  # noqa: E402,F401  (the child processes import it; this makes it a dependency)
 
 BV = {"BV_COORDINATOR_ADDRESS": "10.0.0.1:1234", "BV_NUM_PROCESSES": "4", "BV_PROCESS_ID": "2"}
 SLURM = {

@@ -367,7 +367,7 @@ def test_model_args_win_over_architecture_defaults() -> None:
     kw = vit_kwargs_from_timm_config(cfg)
     assert kw == {
         **{"width": 768, "depth": 6, "mlp_dim": 3072, "num_heads": 12, "patch_size": (16, 16)},
-        **{"pool_type": "map", "num_classes": 10, "image_size": (64, 48)},
+        **{"pool_type": "map", "num_classes": 10, "approximate_gelu": False, "image_size": (64, 48)},
     }
 
 
