@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,22 @@ def test_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert exit_info.value.code == 1
     assert "has no config.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_export_push_uploads_the_folder(run: tuple[Path, Any], tmp_path: Path) -> None:
+    import local_hub
+
+    root, _ = run
+    repos = tmp_path / "repos"
+    with local_hub.serve_push_endpoint(repos, token="tok") as url, local_hub.use_endpoint(url):
+        os.environ["HF_TOKEN"] = "tok"
+        try:
+            export.main([str(root / "run"), str(tmp_path / "out"), "--push", "org/vit-mnist"])
+        finally:
+            del os.environ["HF_TOKEN"]
+    history = local_hub.repo_history(repos, "org/vit-mnist")
+    assert history, "nothing was pushed"
+    with local_hub.serve_olah(repos) as url, local_hub.use_endpoint(url):
+        pulled = ViT.from_pretrained("org/vit-mnist", cache_dir=tmp_path / "cache")
+    for a, b in zip(jax.tree.leaves(pulled.params), jax.tree.leaves(ViT.from_pretrained(str(tmp_path / "out")).params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
