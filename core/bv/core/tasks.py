@@ -102,4 +102,7 @@ class ClassificationTask(Task):
 
 def get_task(config: ml_collections.ConfigDict) -> Task:
     """The task named by ``config.task`` (default "classification")."""
-    return registry.tasks.get(config.get("task", "classification"))(config)
+    name = config.get("task", "classification")
+    if name not in registry.tasks and config.get("model_name"):
+        registry.import_model_package(config.model_name)  # model packages may bring tasks (bv.vit: FlexiViT)
+    return registry.tasks.get(name)(config)

@@ -8,15 +8,18 @@ from bv.core import registry
 from bv.vit.version import __version__
 from bv.vit.model import (
     VARIANTS,
+    PatchEmbedding,
     VisionTransformer,
     create_model,
     decode_variant,
+    pi_resize_kernel,
     posemb_sincos_2d,
     pyloop_to_scan,
     resample_posemb,
     scan_to_pyloop,
 )
 from bv.vit.pretrained import ViT
+from bv.vit.flexi import FlexiClassificationTask
 
 registry.models.register("vit")(create_model)
 registry.hub_models.register("vit")(ViT)
@@ -24,10 +27,13 @@ registry.hub_models.register("vit")(ViT)
 __all__ = [
     "__version__",
     "VARIANTS",
+    "FlexiClassificationTask",
+    "PatchEmbedding",
     "ViT",
     "VisionTransformer",
     "create_model",
     "decode_variant",
+    "pi_resize_kernel",
     "posemb_sincos_2d",
     "pyloop_to_scan",
     "resample_posemb",

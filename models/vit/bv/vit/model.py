@@ -10,6 +10,7 @@ blocks are stacked under ``Transformer/encoderblock`` with a leading depth axis;
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -197,6 +198,64 @@ class Encoder(nn.Module):
         return nn.LayerNorm(name="encoder_norm")(x), out
 
 
+def _linear_resize_1d(old: int, new: int) -> np.ndarray:
+    """[new, old] weights of ``jax.image.resize(..., "bilinear", antialias=False)`` along one axis."""
+    x = (np.arange(new) + 0.5) * old / new - 0.5  # half-pixel centres
+    weights = np.maximum(0.0, 1.0 - np.abs(x[:, None] - np.arange(old)[None, :]))
+    return weights / weights.sum(axis=1, keepdims=True)  # renormalised at the borders, as jax does
+
+
+@functools.lru_cache(maxsize=64)
+def _pi_resize_matrix(old: tuple[int, int], new: tuple[int, int]) -> np.ndarray:
+    """The matrix that maps a flattened ``old`` kernel to the PI-resized ``new`` one (FlexiViT, eq. 6).
+
+    Plain numpy, so that it is a constant under ``jit`` (and inside ``lax.switch`` branches).
+    """
+    resize = np.kron(_linear_resize_1d(old[0], new[0]), _linear_resize_1d(old[1], new[1]))  # [new_hw, old_hw]
+    # The new kernel w' must give <resize(x), w'> = <x, w> for every patch x: resize^T w' = w.
+    return np.linalg.pinv(resize.T).astype(np.float32)  # [new_h*new_w, old_h*old_w]
+
+
+def pi_resize_kernel(kernel: Array, new_hw: Sequence[int]) -> Array:
+    """Resizes a patch-embedding kernel [h, w, C, D] to ``new_hw`` so that it embeds resized patches the same.
+
+    The pseudo-inverse resize of FlexiViT (https://arxiv.org/abs/2212.08013): for a patch ``x`` and its
+    bilinear resize ``r(x)``, ``<r(x), resized kernel> = <x, kernel>``, exactly when upsampling and in
+    the least-squares sense when downsampling.
+    """
+    h, w, c, d = kernel.shape
+    new = (int(new_hw[0]), int(new_hw[1]))
+    if new == (h, w):
+        return kernel
+    matrix = jnp.asarray(_pi_resize_matrix((h, w), new))
+    return (matrix @ jnp.reshape(kernel, (h * w, c * d))).reshape(*new, c, d).astype(kernel.dtype)
+
+
+class PatchEmbedding(nn.Module):
+    """The ViT stem: a stride-``patch`` convolution, whose kernel is PI-resized when called with another patch size.
+
+    Its parameters (``kernel`` [p, p, C, D], ``bias`` [D]) and their initialisation are ``nn.Conv``'s.
+    """
+
+    width: int
+    patch_size: tuple[int, int]
+    dtype_mm: str = "float32"
+
+    @nn.compact
+    def __call__(self, image: Array, patch_size: Sequence[int] | None = None) -> Array:
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (*self.patch_size, image.shape[-1], self.width), jnp.float32
+        )
+        bias = self.param("bias", nn.initializers.zeros, (self.width,), jnp.float32)
+        patch = tuple(patch_size) if patch_size is not None else tuple(self.patch_size)
+        kernel = pi_resize_kernel(kernel, patch)
+        image, kernel, bias = nn.dtypes.promote_dtype(image, kernel, bias, dtype=self.dtype_mm)
+        y = jax.lax.conv_general_dilated(
+            image, kernel, window_strides=patch, padding="VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+        return y + bias.reshape(1, 1, 1, -1)
+
+
 class MAPHead(nn.Module):
     """Multihead attention pooling: a learned probe attends over the tokens, then a residual MLP."""
 
@@ -241,6 +300,8 @@ class VisionTransformer(nn.Module):
     remat_policy: str = "nothing_saveable"
     dtype_mm: str = "float32"
     approximate_gelu: bool = True  # tanh GELU as big_vision; False for the exact GELU of timm's own weights
+    # FlexiViT: a learned posemb stored at this grid (e.g. 7 for 7x7) and resized to the patch grid of each call.
+    posemb_grid: int | None = None
 
     def logical_axes(self, params: Params) -> dict[str, tuple[str | None, ...]]:
         """Logical axis names of ``params``, for the trainer's "logical" sharding strategy."""
@@ -262,19 +323,27 @@ class VisionTransformer(nn.Module):
 
     def _posemb(self, h: int, w: int, c: int) -> Array:
         if self.posemb == "learn":
-            return self.param(
-                "pos_embedding", nn.initializers.normal(stddev=1 / math.sqrt(c)), (1, h * w, c), jnp.float32
+            gh, gw = (self.posemb_grid, self.posemb_grid) if self.posemb_grid else (h, w)
+            posemb = self.param(
+                "pos_embedding", nn.initializers.normal(stddev=1 / math.sqrt(c)), (1, gh * gw, c), jnp.float32
             )
+            if (gh, gw) != (h, w):  # FlexiViT: one stored grid, resized to this call's patch grid
+                posemb = jax.image.resize(posemb.reshape(gh, gw, c), (h, w, c), "bilinear").reshape(1, h * w, c)
+            return posemb
         return posemb_sincos_2d(h, w, c)
 
     @nn.compact
-    def __call__(self, image: Array, *, train: bool = False) -> tuple[Array, dict[str, Any]]:
+    def __call__(
+        self, image: Array, *, train: bool = False, patch_size: int | Sequence[int] | None = None
+    ) -> tuple[Array, dict[str, Any]]:
+        """``patch_size`` (FlexiViT) runs the model at another patch size: the stem kernel is PI-resized."""
         out: dict[str, Any] = {}
         image = jnp.asarray(image, self.dtype_mm)
-        patch = tuple(self.patch_size)
-        x = out["stem"] = nn.Conv(
-            self.width, patch, strides=patch, padding="VALID", name="embedding", dtype=self.dtype_mm
-        )(image)
+        if isinstance(patch_size, int):
+            patch_size = (patch_size, patch_size)
+        x = out["stem"] = PatchEmbedding(
+            self.width, tuple(self.patch_size), dtype_mm=self.dtype_mm, name="embedding"
+        )(image, patch_size)
         n, h, w, c = x.shape
         x = jnp.reshape(x, [n, h * w, c])
 
