@@ -25,6 +25,7 @@ from bv.core import checkpoint, cli, distributed, durations, registry, sharding
 from bv.core import config as config_lib
 from bv.core.accumulate import accumulate_grads
 from bv.core.failpoints import crash_point
+from bv.core.mixup import mix_batch
 from bv.core.metrics_log import Chrono, MetricLog, format_duration
 from bv.core.model_init import load_pretrained
 from bv.core.optimizers import make_optimizer
@@ -46,6 +47,7 @@ def make_train_step(
     tx: optax.GradientTransformation,
     schedule_fns: Sequence[tuple[str, Callable]],
     grad_accum_steps: int = 1,
+    mixup: Mapping[str, Any] | None = None,
 ):
     """One optimizer step: ``(params, opt_state, batch, rng, step) -> (params, opt_state, metrics)``.
 
@@ -53,10 +55,14 @@ def make_train_step(
     randomness is ``fold_in(rng, step)``, so it does not depend on where a run resumed.
     With ``grad_accum_steps > 1`` the batch is split into that many microbatches whose
     gradients are averaged: the same update as the whole batch, in less memory.
+    ``mixup`` (``config.mixup``, e.g. ``{"p": 0.2}``) mixes the global batch first.
     """
 
     def train_step(params: Any, opt_state: Any, batch: Mapping[str, jax.Array], rng: jax.Array, step: jax.Array):
         step_rng = jax.random.fold_in(rng, step)
+        if mixup and mixup.get("p"):
+            mix_rng, step_rng = jax.random.split(step_rng)
+            batch = mix_batch(mix_rng, batch, mixup)
         loss, metrics, grads = accumulate_grads(task.grads, params, batch, step_rng, grad_accum_steps)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
@@ -107,6 +113,13 @@ def _restore(path: str, template: dict[str, Any], workdir: str | None) -> tuple[
             f"training cannot resume from it. Nothing was changed. Use a new --workdir, or the config "
             f"that wrote it.\n{e}"
         ) from None
+
+
+def _plain(node: Any) -> dict[str, Any] | None:
+    """A config sub-dict as a plain dict (hashable-free, safe to close over in a jitted function)."""
+    if node is None:
+        return None
+    return node.to_dict() if isinstance(node, ml_collections.ConfigDict) else dict(node)
 
 
 def _due(step: int, every: int | None, total: int) -> bool:
@@ -297,7 +310,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
     # The loop.
     # ------------------------------------------------------------------
     train_step = jax.jit(
-        make_train_step(task, tx, schedule_fns, grad_accum_steps),
+        make_train_step(task, tx, schedule_fns, grad_accum_steps, _plain(config.get("mixup"))),
         in_shardings=(shardings["params"], shardings["opt"], batch_sharding, shardings["rng"], replicated),
         out_shardings=(shardings["params"], shardings["opt"], replicated),
         donate_argnums=(0, 1),
