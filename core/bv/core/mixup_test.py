@@ -16,7 +16,9 @@ def test_mix_is_a_convex_combination_of_rolled_batches() -> None:
     mixed_x, mixed_y = mixup(jax.random.PRNGKey(0), x, labels, p=0.5)
     a = float(mixed_y[0, 0])  # example 0 keeps weight a on itself, 1-a on example 3 (the roll by one)
     assert 0.5 <= a <= 1.0
-    np.testing.assert_allclose(np.asarray(mixed_x), a * np.asarray(x) + (1 - a) * np.roll(np.asarray(x), 1, 0), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(mixed_x), a * np.asarray(x) + (1 - a) * np.roll(np.asarray(x), 1, 0), rtol=1e-6
+    )
     np.testing.assert_allclose(np.asarray(mixed_y).sum(axis=1), 1.0, rtol=1e-6)
     assert float(mixed_y[0, 3]) == pytest.approx(1 - a)
 
