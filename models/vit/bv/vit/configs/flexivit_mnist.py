@@ -7,8 +7,8 @@ The stem kernel is stored at 7x7 and PI-resized to 4x4 and 14x14; the learned
 position embedding is stored at 4x4 and resized to each patch grid (7x7, 4x4,
 2x2 tokens). Every eval reports test prec@1 at the three patch sizes
 (``test_p4/prec@1``, ``test_p7/prec@1``, ``test_p14/prec@1``). Measured on the
-2-core CPU development machine (one run, shared with other jobs: 60 min wall; about
-10 min on a quiet machine by its img/s): 91.4% at 4 px, 91.1% at 7 px, 92.5% at 14 px.
+2-core CPU development machine (one run, 60 min wall while heavily shared with other
+jobs; not timed on a quiet machine): 91.4% at 4 px, 91.1% at 7 px, 92.5% at 14 px.
 Arguments: ``runlocal`` (a few steps, for smoke tests).
 """
 
