@@ -107,11 +107,15 @@ hub_models: Registry[Callable[..., Any]] = Registry("Hub model class")
 
 
 def import_model_package(name: str) -> None:
-    """Imports ``bv.<name>`` (``vit`` -> ``bv.vit``) so that it registers its model, if it is installed.
+    """Imports ``bv.<name>`` (``vit`` -> ``bv.vit``, ``bit_paper`` -> ``bv.bit``) so it registers its model.
 
     A missing package is not an error here: the registry lookup that follows lists the known names.
     """
-    try:
-        importlib.import_module(f"bv.{name.split('.')[0]}")
-    except ImportError:
-        pass
+    base = name.split(".")[0]
+    # "bit_paper" lives in bv.bit: try the whole name, then the part before the first "_".
+    for package in dict.fromkeys([base, base.split("_")[0]]):
+        try:
+            importlib.import_module(f"bv.{package}")
+            return
+        except ImportError:
+            continue

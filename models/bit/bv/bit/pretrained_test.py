@@ -62,16 +62,18 @@ def test_save_and_from_pretrained_round_trip_bitwise(tmp_path: Path, cls: type[P
     _assert_bitwise(original.params, picked.params)
 
 
-@pytest.mark.parametrize("cls, depth", [(BiT, 26), (BiTPaper, [1, 2, 1])])
-def test_big_vision_npz_round_trip_bitwise_and_inferred(tmp_path: Path, cls: type[PretrainedModel], depth: Any) -> None:
-    original = _model(cls, seed=2, depth=depth, width=1.5)
+@pytest.mark.parametrize("cls, depth, width", [(BiT, 26, 0.5), (BiTPaper, [1, 2, 1], 1.5)])
+def test_big_vision_npz_round_trip_bitwise_and_inferred(
+    tmp_path: Path, cls: type[PretrainedModel], depth: Any, width: float
+) -> None:
+    original = _model(cls, seed=2, depth=depth, width=width)
     path = tmp_path / "ckpt.npz"
     original.save_big_vision(str(path))
     flat = load_npz(path)
     assert set(flat) == set(_flat(original.params))  # big_vision's names, unchanged
     loaded = cls.from_pretrained(str(path))
     _assert_bitwise(original.params, loaded.params)
-    assert loaded.config.model["depth"] == depth and loaded.config.model["width"] == 1.5
+    assert loaded.config.model["depth"] == depth and loaded.config.model["width"] == width
     assert loaded.config.num_classes == 10 and "resize_small(256)|central_crop(224)" in loaded.config.pp
 
 
