@@ -62,6 +62,10 @@ def test_one_model_runs_at_every_patch_size_and_its_base_size_is_the_default() -
     np.testing.assert_array_equal(np.asarray(default), np.asarray(apply({"params": params}, images, patch_size=7)[0]))
 
 
+def _spec(batch: dict[str, jax.Array]) -> dict[str, jax.ShapeDtypeStruct]:
+    return {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+
+
 def _config(**flexi: object) -> ml_collections.ConfigDict:
     config = load_config("bv.vit.configs.flexivit_mnist:runlocal")
     config.flexi = dict(flexi) if flexi else config.flexi
@@ -74,7 +78,7 @@ def test_the_task_draws_a_patch_size_per_step_and_predicts_at_each() -> None:
         "image": jnp.asarray(RNG.uniform(-1, 1, (4, 28, 28, 1)), jnp.float32),
         "labels": jax.nn.one_hot(jnp.arange(4), 10),
     }
-    params = task.init(jax.random.PRNGKey(0), batch)
+    params = task.init(jax.random.PRNGKey(0), _spec(batch))
     grads_fn = jax.jit(task.grads)
     seen = set()
     for i in range(12):
@@ -90,7 +94,7 @@ def test_the_task_draws_a_patch_size_per_step_and_predicts_at_each() -> None:
 def test_weights_pick_the_patch_size_and_bad_configs_fail() -> None:
     task = get_task(_config(patch_sizes=(4, 14), weights=(0.0, 1.0)))
     batch = {"image": jnp.zeros((2, 28, 28, 1)), "labels": jax.nn.one_hot(jnp.arange(2), 10)}
-    params = task.init(jax.random.PRNGKey(0), batch)
+    params = task.init(jax.random.PRNGKey(0), _spec(batch))
     sizes = {int(task.loss(params, batch, jax.random.PRNGKey(i))[1]["patch_size"]) for i in range(5)}
     assert sizes == {14}
     with pytest.raises(ValueError, match="patch_sizes must list"):

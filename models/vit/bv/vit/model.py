@@ -341,9 +341,9 @@ class VisionTransformer(nn.Module):
         image = jnp.asarray(image, self.dtype_mm)
         if isinstance(patch_size, int):
             patch_size = (patch_size, patch_size)
-        x = out["stem"] = PatchEmbedding(self.width, tuple(self.patch_size), dtype_mm=self.dtype_mm, name="embedding")(
-            image, patch_size
-        )
+        x = out["stem"] = PatchEmbedding(
+            self.width, (self.patch_size[0], self.patch_size[1]), dtype_mm=self.dtype_mm, name="embedding"
+        )(image, patch_size)
         n, h, w, c = x.shape
         x = jnp.reshape(x, [n, h * w, c])
 
