@@ -49,6 +49,8 @@ def test_full_size_config_builds_its_model_and_optimizer(
 ) -> None:
     config = load_config(spec)
     assert config.input.batch_size == batch and config.total_epochs == epochs
+    if "i1k" in spec:  # The paper's recipe: RandAugment(2, 15) and mixup 0.5.
+        assert "|randaug(2, 15)|" in config.input.pp and config.mixup.p == 0.5
     task = get_task(config)
     params = jax.eval_shape(task.init, jax.random.PRNGKey(0), {"image": jax.ShapeDtypeStruct((2, *shape), "float32")})
     assert params["head"]["kernel"].shape == (params["stem"]["kernel"].shape[-1], config.num_classes)

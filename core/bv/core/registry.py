@@ -104,6 +104,7 @@ evaluators: Registry[Callable[..., Any]] = Registry("evaluator")
 tasks: Registry[Callable[..., Any]] = Registry("task")
 datasets: Registry[Callable[..., Any]] = Registry("dataset")
 hub_models: Registry[Callable[..., Any]] = Registry("Hub model class")
+tokenizers: Registry[Callable[..., Any]] = Registry("tokenizer")
 
 
 def import_model_package(name: str) -> None:
