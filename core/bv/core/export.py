@@ -23,6 +23,7 @@ from typing import Any
 import ml_collections
 
 from bv.core import checkpoint, registry
+from bv.core.data import sources
 from bv.core.hub.card import Metric
 from bv.core.hub.config import HubConfig
 from bv.core.metrics_log import METRICS_FILE
@@ -94,8 +95,8 @@ def _labels(config: ml_collections.ConfigDict) -> list[str] | None:
     try:
         from bv.core.data import input_pipeline
 
-        data = config.input.data
-        builder = input_pipeline.get_builder(data.name, data.get("data_dir"))
+        data = sources.parse_sources(config.input)[0].data  # A mixture's first source names the classes.
+        builder = input_pipeline.get_builder(data["name"], data.get("data_dir"))
         feature = builder.info.features["label"]
         names = list(getattr(feature, "names", []) or [])
         return names or None
@@ -119,7 +120,8 @@ def build_model(workdir: str, *, checkpoint_path: str | None = None) -> tuple[An
     evals = [dict(e) for e in config.get("evals", {}).values() if e.get("type") == "classification"]
     pp_source = evals[0].get("pp_fn", "") if evals else config.input.get("pp", "")
     pp, resolution, channels = inference_pp(pp_source)
-    dataset = config.input.data.get("name", "")
+    datasets = [str(src.data["name"]) for src in sources.parse_sources(config.input)]
+    dataset = datasets[0]  # A mixture's metrics are named after its first data set.
     step = checkpoint.read_metadata(ckpt)["step"]
     hub_config = HubConfig(
         model_name=name,
@@ -129,11 +131,11 @@ def build_model(workdir: str, *, checkpoint_path: str | None = None) -> tuple[An
         channels=channels,
         pp=pp,
         labels=_labels(config),
-        extra={"trained_steps": int(step), "dataset": dataset},
+        extra={"trained_steps": int(step), "dataset": ",".join(datasets)},
     )
     hub_cls = registry.hub_models.get(name)
     model = hub_cls(hub_config, params=checkpoint.load_params(ckpt))
-    return model, final_metrics(workdir, dataset), [dataset] if dataset else []
+    return model, final_metrics(workdir, dataset), datasets
 
 
 def export(

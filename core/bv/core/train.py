@@ -143,7 +143,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
     import bv.pp
     import tensorflow_datasets as tfds
 
-    from bv.core.data import input_pipeline
+    from bv.core.data import input_pipeline, mixture, sources
 
     tfds.disable_progress_bar()
 
@@ -163,10 +163,20 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
     # ------------------------------------------------------------------
     # Training data and the length of training.
     # ------------------------------------------------------------------
-    data_cfg = config.input.data
-    data_dir = data_cfg.get("data_dir")
-    builder = input_pipeline.get_builder(data_cfg.name, data_dir)
-    train_size = input_pipeline.num_examples(builder, data_cfg.split)
+    # One data set (input.data=dict(name=..., split=...)) or a weighted mixture (see bv.core.data.mixture).
+    parsed_sources = sources.parse_sources(config.input)
+    data_dir = parsed_sources[0].data.get("data_dir")  # Also the evals' default.
+    train_sources = [
+        mixture.TrainSource(
+            src.name,
+            input_pipeline.get_builder(src.data["name"], src.data.get("data_dir")),
+            src.data["split"],
+            bv.pp.get_preprocess_fn(src.pp),
+            src.weight,
+        )
+        for src in parsed_sources
+    ]
+    train_size = mixture.train_size(train_sources)
     batch_size = int(config.input.batch_size)
     grad_accum_steps = int(config.get("grad_accum_steps", 1))
     if grad_accum_steps < 1:
@@ -188,14 +198,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
     log_every = steps_of("log_training") or max(1, total_steps // 100)
     ckpt_every = steps_of("ckpt")
     keep_every = steps_of("keep_ckpt")
-    preprocess_fn = bv.pp.get_preprocess_fn(config.input.pp)
 
     def train_batches(start_step: int):
-        ds = input_pipeline.make_for_train(
-            builder,
-            data_cfg.split,
-            batch_size,
-            preprocess_fn,
+        options: dict[str, Any] = dict(
             shuffle_buffer_size=config.input.get("shuffle_buffer_size", 10_000),
             seed=config.get("seed", 0),
             start_index=start_step * local_batch,
@@ -203,6 +208,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
             prefetch=config.input.get("prefetch", 2),
             host_invariant=config.input.get("host_invariant", False),
         )
+        if len(train_sources) == 1:
+            (src,) = train_sources
+            ds = input_pipeline.make_for_train(src.builder, src.split, batch_size, src.preprocess_fn, **options)
+        else:
+            ds = mixture.make_mixture_for_train(train_sources, batch_size, **options)
         return ds, ds.as_numpy_iterator()
 
     # ------------------------------------------------------------------

@@ -12,6 +12,8 @@ from bv.core.data.input_pipeline import (
     num_examples,
     to_global_arrays,
 )
+from bv.core.data.mixture import TrainSource, make_mixture_for_train
+from bv.core.data.sources import SourceConfig, parse_sources
 
 __all__ = [
     "build_from_arrays",
@@ -20,6 +22,10 @@ __all__ = [
     "get_builder",
     "make_for_eval",
     "make_for_train",
+    "make_mixture_for_train",
     "num_examples",
+    "parse_sources",
+    "SourceConfig",
     "to_global_arrays",
+    "TrainSource",
 ]

@@ -29,6 +29,7 @@ big_vision.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Mapping, Sequence
 
@@ -150,12 +151,21 @@ def _local_batch_size(batch_size: int, process_count: int) -> int:
 # ---------------------------------------------------------------------------
 
 
-def _keys(seed: int, process_index: int) -> tuple[tf.Tensor, tf.Tensor]:
-    """Two int64 keys, (shuffle key, example key), derived statelessly from (seed, host)."""
+def _keys(seed: int, process_index: int, stream: int = 0) -> tuple[tf.Tensor, tf.Tensor]:
+    """Two int64 keys, (shuffle key, example key), derived statelessly from (seed, host, stream).
+
+    ``stream`` tells apart the independent streams of one host (the sources of a mixture
+    and its choice of source); stream 0 is the plain single-source stream.
+    """
     if not isinstance(seed, (int, np.integer)) or not -(2**63) <= int(seed) < 2**63:
         raise ValueError(f"seed must be an int64 integer, got {seed!r}.")
     base = tf.constant([int(seed), process_index], tf.int64)
     keys = tf.random.stateless_uniform([2], seed=base, dtype=tf.int64, minval=None, maxval=None, alg="philox")
+    if stream:
+        keys = tf.random.stateless_uniform(
+            [2], seed=tf.stack([keys[0] ^ keys[1], tf.constant(stream, tf.int64)]), dtype=tf.int64,
+            minval=None, maxval=None, alg="philox",
+        )
     return keys[0], keys[1]
 
 
@@ -235,23 +245,77 @@ def make_for_train(
     """
     process_index, process_count = _process(process_index, process_count)
     local_batch_size = _local_batch_size(batch_size, process_count)
+    plan = stream_plan(start_index, batch_size, process_index, process_count, host_invariant)
+    shuffle_key, example_key = _keys(seed, plan.key_host)
+    ds = indexed_examples(
+        builder, split, plan, shuffle_key, shuffle_buffer_size=shuffle_buffer_size, start=plan.stream_start,
+        cache_raw=cache_raw, skip_decode=skip_decode,
+    )
+    if plan.filters:
+        ds = ds.filter(_owned_by(process_index, batch_size, local_batch_size))
+    ds = ds.map(_with_rng(preprocess_fn, example_key), num_parallel_calls=num_parallel_calls, deterministic=True)
+    return batch_for_train(ds, local_batch_size, prefetch)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamPlan:
+    """Which stream one host walks, and where it starts (see ``make_for_train``).
+
+    ``stream_start`` is the first index of the stream this host still needs;
+    ``key_host`` the host whose keys the stream uses (0 for host-invariant streams);
+    ``filters`` whether the host keeps only its slice of each global batch.
+    """
+
+    process_index: int
+    process_count: int
+    host_invariant: bool
+    key_host: int
+    stream_start: int
+
+    @property
+    def filters(self) -> bool:
+        return self.host_invariant and self.process_count > 1
+
+    def split_to_read(self, split: str) -> tfds.typing.SplitArg:
+        return split if self.host_invariant else host_split(split, self.process_index, self.process_count)
+
+
+def stream_plan(
+    start_index: int, batch_size: int, process_index: int, process_count: int, host_invariant: bool
+) -> StreamPlan:
+    """The ``StreamPlan`` of a host that has consumed ``start_index`` examples."""
+    local_batch_size = _local_batch_size(batch_size, process_count)
     if start_index < 0:
         raise ValueError(f"start_index must be >= 0, got {start_index}.")
     if host_invariant:
-        split_to_read: tfds.typing.SplitArg = split
-        key_host = 0
         # The first global index this host still needs: its position in the global batch it is in.
         steps_done, in_batch = divmod(start_index, local_batch_size)
         stream_start = steps_done * batch_size + process_index * local_batch_size + in_batch
-    else:
-        split_to_read = host_split(split, process_index, process_count)
-        key_host = process_index
-        stream_start = start_index
+        return StreamPlan(process_index, process_count, True, 0, stream_start)
+    return StreamPlan(process_index, process_count, False, process_index, start_index)
+
+
+def indexed_examples(
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    plan: StreamPlan,
+    shuffle_key: tf.Tensor,
+    *,
+    shuffle_buffer_size: int,
+    start: int,
+    cache_raw: bool,
+    skip_decode: Sequence[str],
+) -> tf.data.Dataset:
+    """The endless (index, raw example) stream of ``split`` for ``plan``'s host, from index ``start``.
+
+    Each epoch is shuffled with a seed from ``(shuffle_key, epoch)``; whole epochs before
+    ``start`` are skipped without reading them.
+    """
+    split_to_read = plan.split_to_read(split)
     epoch_size = num_examples(builder, split_to_read)
     if epoch_size == 0:
-        whose = "The split" if host_invariant else f"Host {process_index} of {process_count}"
+        whose = "The split" if plan.host_invariant else f"Host {plan.process_index} of {plan.process_count}"
         raise ValueError(f"{whose} gets no examples of {split!r} in {builder.info.name!r}.")
-    shuffle_key, example_key = _keys(seed, key_host)
 
     raw = _read(builder, split_to_read, skip_decode)
     if cache_raw:
@@ -265,12 +329,13 @@ def make_for_train(
         )
         return raw.shuffle(shuffle_buffer_size, seed=epoch_seed, reshuffle_each_iteration=False)
 
-    first_epoch, offset = divmod(stream_start, epoch_size)
+    first_epoch, offset = divmod(start, epoch_size)
     ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
-    ds = ds.skip(offset).enumerate(start=stream_start)
-    if host_invariant and process_count > 1:
-        ds = ds.filter(_owned_by(process_index, batch_size, local_batch_size))
-    ds = ds.map(_with_rng(preprocess_fn, example_key), num_parallel_calls=num_parallel_calls, deterministic=True)
+    return ds.skip(offset).enumerate(start=start)
+
+
+def batch_for_train(ds: tf.data.Dataset, local_batch_size: int, prefetch: int) -> tf.data.Dataset:
+    """Batches preprocessed training examples (dropping the remainder) with bv's tf.data options."""
     ds = ds.batch(local_batch_size, drop_remainder=True)
     if prefetch:
         ds = ds.prefetch(prefetch)
