@@ -27,6 +27,7 @@ from bv.core.tasks import get_task
         "bv.vit.configs.vit_s16_i1k:gpu8,runlocal,variant=mu/32",
         "bv.vit.configs.transfer:runlocal,variant=mu/16,res=64,dataset=cifar10",
         "bv.vit.configs.transfer:runlocal,variant=mu/16,res=64,dataset=cifar10,crop=resize_crop",
+        "bv.vit.configs.flexivit_i1k:runlocal",
     ],
 )
 def test_config_trains_two_steps_on_mock_data(spec: str, tmp_path: Path) -> None:
@@ -49,6 +50,8 @@ def test_config_trains_two_steps_on_mock_data(spec: str, tmp_path: Path) -> None
         ("bv.vit.configs.vit_i21k:variant=B/16", 21843),
         ("bv.vit.configs.transfer:dataset=oxford_iiit_pet", 37),
         ("bv.vit.configs.mnist", 10),
+        ("bv.vit.configs.flexivit_i1k", 1000),
+        ("bv.vit.configs.flexivit_i1k:gpu8", 1000),
     ],
 )
 def test_full_size_configs_build_their_model_and_optimizer(spec: str, num_classes: int) -> None:
@@ -69,3 +72,14 @@ def test_transfer_rejects_unknown_dataset_and_crop() -> None:
         load_config("bv.vit.configs.transfer:dataset=mnist")
     with pytest.raises(ValueError, match="unknown crop 'center'"):
         load_config("bv.vit.configs.transfer:crop=center")
+
+
+def test_flexivit_i1k_stores_one_kernel_and_evaluates_at_four_patch_sizes() -> None:
+    config = load_config("bv.vit.configs.flexivit_i1k")
+    task = get_task(config)
+    params = jax.eval_shape(task.init, jax.random.PRNGKey(0), {"image": jax.ShapeDtypeStruct((2, 240, 240, 3), "float32")})
+    assert params["embedding"]["kernel"].shape == (32, 32, 3, 768)  # PI-resized to each patch size
+    assert params["pos_embedding"].shape == (1, 49, 768)  # 7x7, resized to each token grid
+    assert all(240 % p == 0 for p in config.flexi.patch_sizes) and len(config.flexi.patch_sizes) == 10
+    assert sorted(e.pred for e in config.evals.values()) == sorted(f"predict_p{p}" for p in (48, 30, 16, 8))
+    assert set(task.predict_fns()) >= {"predict_p48", "predict_p30", "predict_p16", "predict_p8"}
