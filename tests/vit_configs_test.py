@@ -77,7 +77,9 @@ def test_transfer_rejects_unknown_dataset_and_crop() -> None:
 def test_flexivit_i1k_stores_one_kernel_and_evaluates_at_four_patch_sizes() -> None:
     config = load_config("bv.vit.configs.flexivit_i1k")
     task = get_task(config)
-    params = jax.eval_shape(task.init, jax.random.PRNGKey(0), {"image": jax.ShapeDtypeStruct((2, 240, 240, 3), "float32")})
+    params = jax.eval_shape(
+        task.init, jax.random.PRNGKey(0), {"image": jax.ShapeDtypeStruct((2, 240, 240, 3), "float32")}
+    )
     assert params["embedding"]["kernel"].shape == (32, 32, 3, 768)  # PI-resized to each patch size
     assert params["pos_embedding"].shape == (1, 49, 768)  # 7x7, resized to each token grid
     assert all(240 % p == 0 for p in config.flexi.patch_sizes) and len(config.flexi.patch_sizes) == 10

@@ -163,8 +163,12 @@ def _keys(seed: int, process_index: int, stream: int = 0) -> tuple[tf.Tensor, tf
     keys = tf.random.stateless_uniform([2], seed=base, dtype=tf.int64, minval=None, maxval=None, alg="philox")
     if stream:
         keys = tf.random.stateless_uniform(
-            [2], seed=tf.stack([keys[0] ^ keys[1], tf.constant(stream, tf.int64)]), dtype=tf.int64,
-            minval=None, maxval=None, alg="philox",
+            [2],
+            seed=tf.stack([keys[0] ^ keys[1], tf.constant(stream, tf.int64)]),
+            dtype=tf.int64,
+            minval=None,
+            maxval=None,
+            alg="philox",
         )
     return keys[0], keys[1]
 
@@ -248,8 +252,14 @@ def make_for_train(
     plan = stream_plan(start_index, batch_size, process_index, process_count, host_invariant)
     shuffle_key, example_key = _keys(seed, plan.key_host)
     ds = indexed_examples(
-        builder, split, plan, shuffle_key, shuffle_buffer_size=shuffle_buffer_size, start=plan.stream_start,
-        cache_raw=cache_raw, skip_decode=skip_decode,
+        builder,
+        split,
+        plan,
+        shuffle_key,
+        shuffle_buffer_size=shuffle_buffer_size,
+        start=plan.stream_start,
+        cache_raw=cache_raw,
+        skip_decode=skip_decode,
     )
     if plan.filters:
         ds = ds.filter(_owned_by(process_index, batch_size, local_batch_size))

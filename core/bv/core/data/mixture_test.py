@@ -108,7 +108,14 @@ def test_source_counts_match_the_stream() -> None:
 
 def test_hosts_read_disjoint_parts_by_default(builders: dict) -> None:
     idx = [
-        set(_cat(_take(mixture.make_mixture_for_train(_sources(builders), 8, seed=0, process_index=h, process_count=2), 10), "idx"))
+        set(
+            _cat(
+                _take(
+                    mixture.make_mixture_for_train(_sources(builders), 8, seed=0, process_index=h, process_count=2), 10
+                ),
+                "idx",
+            )
+        )
         for h in range(2)
     ]
     assert idx[0] and idx[1] and not idx[0] & idx[1]
@@ -119,8 +126,13 @@ def _global(builders: dict, hosts: int, steps: int, start_step: int = 0) -> list
     per_host = [
         _take(
             mixture.make_mixture_for_train(
-                _sources(builders), 8, seed=5, host_invariant=True, start_index=start_step * local,
-                process_index=h, process_count=hosts,
+                _sources(builders),
+                8,
+                seed=5,
+                host_invariant=True,
+                start_index=start_step * local,
+                process_index=h,
+                process_count=hosts,
             ),
             steps,
         )
