@@ -228,8 +228,9 @@ def _add_pieces(model_bytes: bytes, pieces: Sequence[str]) -> bytes:
 
     User-defined symbols are always kept whole when they appear in a text.
     """
-    proto = sentencepiece_model_pb2.ModelProto.FromString(model_bytes)
-    user_defined = sentencepiece_model_pb2.ModelProto.SentencePiece.USER_DEFINED
+    pb2: Any = sentencepiece_model_pb2  # generated protobuf classes: attributes mypy cannot see
+    proto = pb2.ModelProto.FromString(model_bytes)
+    user_defined = pb2.ModelProto.SentencePiece.USER_DEFINED
     index = {p.piece: i for i, p in enumerate(proto.pieces)}
     for piece in pieces:
         piece = piece.replace(" ", "\u2581")  # SentencePiece writes spaces as "▁"
