@@ -25,6 +25,7 @@ import numpy as np
 from bv.bit import big_vision_npz
 from bv.bit.model import block_sizes
 from bv.bit.version import __version__
+from bv.core.hub.timm_interop import crop_pct, eval_pp
 from bv.core.hub import ConfigFormatError, HubConfig, PretrainedModel
 from bv.core.hub.npz import save_npz
 from bv.core.hub.weights import WEIGHTS_FILE
@@ -152,7 +153,7 @@ class BiTPaper(PretrainedModel, tags=["bit", "resnet", "resnetv2", "image-classi
             num_classes=num_classes,
             resolution=int(height),
             channels=channels,
-            pp=timm_convert.timm_pp(timm_convert.timm_preprocessing(timm_config), int(height)),
+            pp=eval_pp(timm_convert.timm_preprocessing(timm_config), int(height)),
             labels=list(labels) if labels else None,
             extra={"converted_from": f"timm {timm_config.get('architecture')}"},
         )
@@ -194,7 +195,7 @@ class BiTPaper(PretrainedModel, tags=["bit", "resnet", "resnetv2", "image-classi
                 "input_size": [self.config.channels, res, res],
                 "num_classes": num_classes,
                 "interpolation": "bilinear",
-                "crop_pct": _crop_pct(self.config.pp, res),
+                "crop_pct": crop_pct(self.config.pp, res),
                 "mean": [0.5] * self.config.channels,
                 "std": [0.5] * self.config.channels,
                 "first_conv": "stem.conv",
@@ -210,14 +211,6 @@ class BiTPaper(PretrainedModel, tags=["bit", "resnet", "resnetv2", "image-classi
                 json.dump(config, f, indent=2)
             for name in (WEIGHTS_FILE, "config.json"):
                 os.replace(os.path.join(tmp, name), os.path.join(folder, name))
-
-
-def _crop_pct(pp: str, resolution: int) -> float:
-    """``crop / resize_small`` of a pp string, else timm's default 0.875."""
-    m = re.search(r"resize_small\((\d+)", pp)
-    if m and f"central_crop({resolution})" in pp:
-        return round(resolution / int(m[1]), 4)
-    return 0.875
 
 
 def _to_numpy(tree: Any) -> Any:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from bv.bit.model import BLOCK_SIZES, block_sizes, depth_name
+from bv.core.hub.timm_interop import f32, pretrained_cfg
 
 __all__ = [
     "TIMM_ARCHITECTURES",
@@ -32,7 +33,6 @@ __all__ = [
     "bit_kwargs_from_timm_config",
     "params_to_timm",
     "timm_model_args",
-    "timm_pp",
     "timm_preprocessing",
     "timm_to_params",
 ]
@@ -55,16 +55,12 @@ _ARG_VALUES: dict[str, tuple[Any, ...] | None] = {
 }
 
 
-def _np(x: Any) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32)
-
-
 def _conv_to_timm(kernel: Any) -> np.ndarray:
-    return np.ascontiguousarray(_np(kernel).transpose(3, 2, 0, 1))  # HWIO -> OIHW
+    return np.ascontiguousarray(f32(kernel).transpose(3, 2, 0, 1))  # HWIO -> OIHW
 
 
 def _conv_from_timm(weight: Any) -> np.ndarray:
-    return np.ascontiguousarray(_np(weight).transpose(2, 3, 1, 0))  # OIHW -> HWIO
+    return np.ascontiguousarray(f32(weight).transpose(2, 3, 1, 0))  # OIHW -> HWIO
 
 
 # --------------------------------------------------------------------------- bv -> timm
@@ -81,8 +77,8 @@ def params_to_timm(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
         for j, unit in enumerate(units):
             p, prefix = params[stage][unit], f"stages.{i}.blocks.{j}"
             for k in (1, 2, 3):
-                out[f"{prefix}.norm{k}.weight"] = _np(p[f"gn{k}"]["scale"]).reshape(-1)
-                out[f"{prefix}.norm{k}.bias"] = _np(p[f"gn{k}"]["bias"]).reshape(-1)
+                out[f"{prefix}.norm{k}.weight"] = f32(p[f"gn{k}"]["scale"]).reshape(-1)
+                out[f"{prefix}.norm{k}.bias"] = f32(p[f"gn{k}"]["bias"]).reshape(-1)
                 out[f"{prefix}.conv{k}.weight"] = _conv_to_timm(p[f"conv{k}"]["kernel"])
             if "conv_proj" in p:
                 out[f"{prefix}.downsample.conv.weight"] = _conv_to_timm(p["conv_proj"]["kernel"])
@@ -90,12 +86,12 @@ def params_to_timm(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
                 raise ValueError(
                     f"{stage}/{unit} has no conv_proj; timm's ResNetV2 projects in every stage's first unit."
                 )
-    out["norm.weight"] = _np(params["norm-pre-head"]["scale"]).reshape(-1)
-    out["norm.bias"] = _np(params["norm-pre-head"]["bias"]).reshape(-1)
+    out["norm.weight"] = f32(params["norm-pre-head"]["scale"]).reshape(-1)
+    out["norm.bias"] = f32(params["norm-pre-head"]["bias"]).reshape(-1)
     if "head" in params:
-        kernel = _np(params["head"]["kernel"])
+        kernel = f32(params["head"]["kernel"])
         out["head.fc.weight"] = np.ascontiguousarray(kernel.T[:, :, None, None])
-        out["head.fc.bias"] = _np(params["head"]["bias"])
+        out["head.fc.bias"] = f32(params["head"]["bias"])
     return out
 
 
@@ -145,21 +141,21 @@ def timm_to_params(state: Mapping[str, Any]) -> dict[str, Any]:
             names = (f"{prefix}.norm{k}.weight", f"{prefix}.norm{k}.bias", f"{prefix}.conv{k}.weight")
             scale, bias, conv = (state[n] for n in names)
             used.update(names)
-            unit[f"gn{k}"] = {"scale": _np(scale).reshape(1, 1, 1, -1), "bias": _np(bias).reshape(1, 1, 1, -1)}
+            unit[f"gn{k}"] = {"scale": f32(scale).reshape(1, 1, 1, -1), "bias": f32(bias).reshape(1, 1, 1, -1)}
             unit[f"conv{k}"] = {"kernel": _conv_from_timm(conv)}
         if f"{prefix}.downsample.conv.weight" in state:
             used.add(f"{prefix}.downsample.conv.weight")
             unit["conv_proj"] = {"kernel": _conv_from_timm(state[f"{prefix}.downsample.conv.weight"])}
         params.setdefault(f"block{i + 1}", {})[f"unit{j + 1:02d}"] = unit
     params["norm-pre-head"] = {
-        "scale": _np(state["norm.weight"]).reshape(1, 1, 1, -1),
-        "bias": _np(state["norm.bias"]).reshape(1, 1, 1, -1),
+        "scale": f32(state["norm.weight"]).reshape(1, 1, 1, -1),
+        "bias": f32(state["norm.bias"]).reshape(1, 1, 1, -1),
     }
     if "head.fc.weight" in state:
-        weight = _np(state["head.fc.weight"])
+        weight = f32(state["head.fc.weight"])
         params["head"] = {
             "kernel": np.ascontiguousarray(weight.reshape(weight.shape[:2]).T),
-            "bias": _np(state["head.fc.bias"]),
+            "bias": f32(state["head.fc.bias"]),
         }
         used.update({"head.fc.weight", "head.fc.bias"})
     unused = sorted(set(state) - used)
@@ -210,7 +206,7 @@ def bit_kwargs_from_timm_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 f"supported values: {', '.join(map(repr, allowed))}."
             )
     pre = timm_preprocessing(cfg)
-    num_classes = cfg.get("num_classes", model_args.get("num_classes", _pretrained_cfg(cfg).get("num_classes", 1000)))
+    num_classes = cfg.get("num_classes", model_args.get("num_classes", pretrained_cfg(cfg).get("num_classes", 1000)))
     return {
         "depth": int(m["depth"]),
         "width": int(m["width"]),
@@ -222,14 +218,10 @@ def bit_kwargs_from_timm_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _pretrained_cfg(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
-    return cfg.get("pretrained_cfg") or {}
-
-
 def timm_preprocessing(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The eval preprocessing of a timm config: ``image_size`` (h, w), ``mean``, ``std`` (of 0..1 RGB),
     ``crop_pct`` and ``interpolation``, with timm's BiT defaults for missing entries."""
-    pcfg = _pretrained_cfg(cfg)
+    pcfg = pretrained_cfg(cfg)
     size = pcfg.get("input_size") or (3, 224, 224)
     return {
         "image_size": (int(size[-2]), int(size[-1])),
@@ -238,15 +230,3 @@ def timm_preprocessing(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "crop_pct": float(pcfg.get("crop_pct") or 0.875),
         "interpolation": str(pcfg.get("interpolation", "bilinear")),
     }
-
-
-def timm_pp(pre: Mapping[str, Any], resolution: int) -> str:
-    """The bv pp string for timm's eval preprocessing (resize the short side, centre crop, normalise)."""
-    small = int(math.floor(resolution / float(pre["crop_pct"])))
-    method = pre["interpolation"] if pre["interpolation"] in ("bilinear", "bicubic", "nearest", "area") else "bilinear"
-    mean, std = tuple(pre["mean"]), tuple(pre["std"])
-    if all(m == 0.5 for m in mean) and all(s == 0.5 for s in std):
-        norm = "value_range(-1, 1)"
-    else:
-        norm = f"vgg_value_range(mean={tuple(round(m * 255, 4) for m in mean)}, std={tuple(round(s * 255, 4) for s in std)})"
-    return f"decode|resize_small({small}, method='{method}')|central_crop({resolution})|{norm}"

@@ -13,7 +13,6 @@ loaded at another resolution: ``resolution`` overrides must keep the patch count
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from bv.core.hub.timm_interop import eval_pp
 from bv.core.hub import ConfigFormatError, HubConfig, PretrainedModel
 from bv.core.hub.npz import save_npz
 from bv.core.hub.weights import WEIGHTS_FILE
@@ -67,7 +67,7 @@ class Mixer(PretrainedModel, tags=["mlp-mixer", "image-classification"]):
             num_classes=num_classes or None,
             resolution=int(height),
             channels=channels,
-            pp=_timm_pp(timm_convert.timm_preprocessing(dict(timm_config)), int(height)),
+            pp=eval_pp(timm_convert.timm_preprocessing(dict(timm_config)), int(height)),
             labels=list(labels) if labels else None,
             extra={"converted_from": f"timm {timm_config.get('architecture')}"},
         )
@@ -187,17 +187,6 @@ def _model_kwargs(inferred: Mapping[str, Any]) -> dict[str, Any]:
     if name is not None and ph == pw:
         return {"variant": f"{name}/{ph}"}
     return {**{k: inferred[k] for k in _SIZE_KEYS}, "patch_size": [ph, pw]}
-
-
-def _timm_pp(pre: Mapping[str, Any], resolution: int) -> str:
-    mean = [round(float(m) * 255, 4) for m in pre["mean"]]
-    std = [round(float(s) * 255, 4) for s in pre["std"]]
-    small = int(math.floor(resolution / pre["crop_pct"]))
-    method = pre["interpolation"] if pre["interpolation"] in ("bilinear", "bicubic", "nearest", "area") else "bilinear"
-    return (
-        f"decode|resize_small({small}, method='{method}')|central_crop({resolution})|"
-        f"vgg_value_range(mean={tuple(mean)}, std={tuple(std)})"
-    )
 
 
 def _jsonable(value: Any) -> Any:

@@ -23,13 +23,25 @@ with ``timm.layers.get_act_layer``.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from bv.core.hub.timm_interop import (
+    TimmStateDict,
+    f32,
+    linear_from_timm,
+    linear_to_timm,
+    mlp_from_timm,
+    mlp_ratio,
+    mlp_to_timm,
+    norm_from_timm,
+    norm_to_timm,
+    pair,
+    pretrained_cfg,
+)
 from bv.mixer.model import VARIANTS, decode_variant
 
 __all__ = [
@@ -65,20 +77,6 @@ _ARG_VALUES: dict[str, tuple[Any, ...] | None] = {
 # --------------------------------------------------------------------------- bv -> timm
 
 
-def _np(x: Any) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32)
-
-
-def _linear_to_timm(out: dict[str, np.ndarray], prefix: str, dense: Mapping[str, Any]) -> None:
-    out[f"{prefix}.weight"] = _np(dense["kernel"]).T.copy()
-    out[f"{prefix}.bias"] = _np(dense["bias"])
-
-
-def _norm_to_timm(out: dict[str, np.ndarray], prefix: str, ln: Mapping[str, Any]) -> None:
-    out[f"{prefix}.weight"] = _np(ln["scale"])
-    out[f"{prefix}.bias"] = _np(ln["bias"])
-
-
 def _num_blocks(params: Mapping[str, Any]) -> int:
     depth = len([k for k in params if re.fullmatch(r"MixerBlock_\d+", k)])
     if depth == 0 or any(f"MixerBlock_{i}" not in params for i in range(depth)):
@@ -96,53 +94,22 @@ def params_to_timm(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     if "stem" not in params or "pre_head_layer_norm" not in params:
         raise ValueError(f"Not bv Mixer params: expected 'stem' and 'pre_head_layer_norm' among {sorted(params)}.")
     out: dict[str, np.ndarray] = {}
-    kernel = _np(params["stem"]["kernel"])  # [ph, pw, in, D]
+    kernel = f32(params["stem"]["kernel"])  # [ph, pw, in, D]
     out["stem.proj.weight"] = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
-    out["stem.proj.bias"] = _np(params["stem"]["bias"])
+    out["stem.proj.bias"] = f32(params["stem"]["bias"])
     for i in range(_num_blocks(params)):
         block, pre = params[f"MixerBlock_{i}"], f"blocks.{i}"
-        _norm_to_timm(out, f"{pre}.norm1", block["LayerNorm_0"])
-        _linear_to_timm(out, f"{pre}.mlp_tokens.fc1", block["token_mixing"]["Dense_0"])
-        _linear_to_timm(out, f"{pre}.mlp_tokens.fc2", block["token_mixing"]["Dense_1"])
-        _norm_to_timm(out, f"{pre}.norm2", block["LayerNorm_1"])
-        _linear_to_timm(out, f"{pre}.mlp_channels.fc1", block["channel_mixing"]["Dense_0"])
-        _linear_to_timm(out, f"{pre}.mlp_channels.fc2", block["channel_mixing"]["Dense_1"])
-    _norm_to_timm(out, "norm", params["pre_head_layer_norm"])
+        norm_to_timm(out, f"{pre}.norm1", block["LayerNorm_0"])
+        mlp_to_timm(out, f"{pre}.mlp_tokens", block["token_mixing"])
+        norm_to_timm(out, f"{pre}.norm2", block["LayerNorm_1"])
+        mlp_to_timm(out, f"{pre}.mlp_channels", block["channel_mixing"])
+    norm_to_timm(out, "norm", params["pre_head_layer_norm"])
     if "head" in params:
-        _linear_to_timm(out, "head", params["head"])
+        out["head.weight"], out["head.bias"] = linear_to_timm(params["head"])
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------- timm -> bv
-
-
-class _StateDict:
-    """A timm state dict that remembers which entries were read, so that leftovers can be reported."""
-
-    def __init__(self, state_dict: Mapping[str, Any]) -> None:
-        self._sd = dict(state_dict)
-        self.unused = set(self._sd)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._sd
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._sd:
-            raise ValueError(f"The timm state dict has no {name!r}: not a plain timm MlpMixer.")
-        self.unused.discard(name)
-        return _np(self._sd[name])
-
-
-def _linear_from_timm(sd: _StateDict, prefix: str) -> dict[str, np.ndarray]:
-    return {"kernel": sd[f"{prefix}.weight"].T.copy(), "bias": sd[f"{prefix}.bias"]}
-
-
-def _norm_from_timm(sd: _StateDict, prefix: str) -> dict[str, np.ndarray]:
-    return {"scale": sd[f"{prefix}.weight"], "bias": sd[f"{prefix}.bias"]}
-
-
-def _mlp_from_timm(sd: _StateDict, prefix: str) -> dict[str, Any]:
-    return {"Dense_0": _linear_from_timm(sd, f"{prefix}.fc1"), "Dense_1": _linear_from_timm(sd, f"{prefix}.fc2")}
 
 
 def timm_to_params(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -151,7 +118,7 @@ def timm_to_params(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     Other timm models of the same file (ResMLP, gMLP, GLU-Mixer) and a normalised stem
     (``stem_norm=True``) have parts bv's Mixer does not: they raise ``ValueError``.
     """
-    sd = _StateDict(state_dict)
+    sd = TimmStateDict(state_dict, "MlpMixer")
     if "stem.norm.weight" in sd:
         raise ValueError("This timm Mixer normalises its stem (stem_norm=True); bv's Mixer has no such part.")
     if "stem.proj.weight" not in sd or "blocks.0.mlp_tokens.fc1.weight" not in sd:
@@ -167,14 +134,14 @@ def timm_to_params(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     for i in range(depth):
         pre = f"blocks.{i}"
         params[f"MixerBlock_{i}"] = {
-            "LayerNorm_0": _norm_from_timm(sd, f"{pre}.norm1"),
-            "token_mixing": _mlp_from_timm(sd, f"{pre}.mlp_tokens"),
-            "LayerNorm_1": _norm_from_timm(sd, f"{pre}.norm2"),
-            "channel_mixing": _mlp_from_timm(sd, f"{pre}.mlp_channels"),
+            "LayerNorm_0": norm_from_timm(sd, f"{pre}.norm1"),
+            "token_mixing": mlp_from_timm(sd, f"{pre}.mlp_tokens"),
+            "LayerNorm_1": norm_from_timm(sd, f"{pre}.norm2"),
+            "channel_mixing": mlp_from_timm(sd, f"{pre}.mlp_channels"),
         }
-    params["pre_head_layer_norm"] = _norm_from_timm(sd, "norm")
+    params["pre_head_layer_norm"] = norm_from_timm(sd, "norm")
     if "head.weight" in sd:
-        params["head"] = _linear_from_timm(sd, "head")
+        params["head"] = linear_from_timm(sd, "head")
     if sd.unused:
         raise ValueError(
             f"The timm state dict has entries a plain MlpMixer does not: {sorted(sd.unused)[:8]}; bv's Mixer "
@@ -193,23 +160,6 @@ def timm_to_params(state_dict: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- architectures and configs
-
-
-def _pair(x: Any) -> tuple[int, int]:
-    if isinstance(x, (int, np.integer)):
-        return int(x), int(x)
-    h, w = x
-    return int(h), int(w)
-
-
-def _ratio(width: int, mlp_dim: int) -> float:
-    """A ratio for which timm's ``int(width * ratio)`` is exactly ``mlp_dim``."""
-    ratio = mlp_dim / width
-    for _ in range(4):
-        if int(width * ratio) == mlp_dim:
-            return ratio
-        ratio = math.nextafter(ratio, math.inf)
-    raise ValueError(f"No float mlp_ratio gives a timm MLP width of {mlp_dim} at embed_dim={width}.")
 
 
 def timm_mixer_args(
@@ -232,13 +182,16 @@ def timm_mixer_args(
         fields.update(decode_variant(variant))
     fields.update({k: v for k, v in model_kwargs.items() if k != "variant"})
     width = int(fields["hidden_dim"])
-    patch = _pair(fields["patch_size"])
+    patch = pair(fields["patch_size"])
     args: dict[str, Any] = {
-        "img_size": _pair(image_size),
+        "img_size": pair(image_size),
         "patch_size": patch[0] if patch[0] == patch[1] else patch,
         "num_blocks": int(fields["num_blocks"]),
         "embed_dim": width,
-        "mlp_ratio": (_ratio(width, int(fields["tokens_mlp_dim"])), _ratio(width, int(fields["channels_mlp_dim"]))),
+        "mlp_ratio": (
+            mlp_ratio(width, int(fields["tokens_mlp_dim"])),
+            mlp_ratio(width, int(fields["channels_mlp_dim"])),
+        ),
         "num_classes": int(fields["num_classes"] or 0),
         "in_chans": int(channels),
         "global_pool": "avg",
@@ -289,14 +242,6 @@ def _architecture(arch: str) -> dict[str, Any]:
     }
 
 
-def _pretrained_cfg(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
-    # Hub configs nest the preprocessing under pretrained_cfg; legacy ones keep it at the top level.
-    pcfg = cfg.get("pretrained_cfg", cfg)
-    if not isinstance(pcfg, Mapping):
-        raise ValueError(f"pretrained_cfg in the timm config is a {type(pcfg).__name__}, expected a mapping.")
-    return pcfg
-
-
 def _check_model_args(arch: str, model_args: Mapping[str, Any]) -> None:
     for key, value in model_args.items():
         if key.endswith("drop_rate"):  # training-time only
@@ -330,14 +275,14 @@ def mixer_kwargs_from_timm_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     model_args = dict(cfg.get("model_args") or {})
     _check_model_args(arch, model_args)
     args.update(model_args)
-    pcfg = _pretrained_cfg(cfg)
+    pcfg = pretrained_cfg(cfg)
     num_classes = int(cfg.get("num_classes", args.get("num_classes", pcfg.get("num_classes", 1000))))
 
     width, depth = int(args["embed_dim"]), int(args["num_blocks"])
     ratio = args["mlp_ratio"]
     token_ratio, channel_ratio = (ratio, ratio) if isinstance(ratio, (int, float)) else ratio
     tokens, chans = int(token_ratio * width), int(channel_ratio * width)
-    patch = _pair(args["patch_size"])
+    patch = pair(args["patch_size"])
     out: dict[str, Any] = {}
     variant = next((n for n, v in VARIANTS.items() if v == (width, depth, tokens, chans)), None)
     if variant and patch[0] == patch[1]:
@@ -348,9 +293,9 @@ def mixer_kwargs_from_timm_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     out["approximate_gelu"] = args.get("act_layer") == "gelu_tanh"
     input_size = pcfg.get("input_size")
     if "img_size" in model_args or not input_size:
-        out["image_size"] = _pair(args["img_size"])
+        out["image_size"] = pair(args["img_size"])
     else:
-        out["image_size"] = _pair(input_size[-2:])
+        out["image_size"] = pair(input_size[-2:])
     out["channels"] = int(args.get("in_chans", input_size[0] if input_size else 3))
     return out
 
@@ -361,7 +306,7 @@ def timm_preprocessing(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     timm resizes the shorter side to ``size / crop_pct``, then center-crops ``size``.
     """
-    pcfg = _pretrained_cfg(cfg)
+    pcfg = pretrained_cfg(cfg)
     return {
         "mean": tuple(float(x) for x in pcfg.get("mean", (0.5, 0.5, 0.5))),
         "std": tuple(float(x) for x in pcfg.get("std", (0.5, 0.5, 0.5))),

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from bv.core.hub.timm_interop import eval_pp
 from bv.core.hub import ConfigFormatError, HubConfig, PretrainedModel
 from bv.core.hub.weights import WEIGHTS_FILE
 from bv.vit import big_vision_npz
@@ -84,7 +85,7 @@ class ViT(PretrainedModel, tags=["vit", "image-classification"]):
             model=kwargs,
             num_classes=num_classes or None,
             resolution=resolution,
-            pp=_timm_pp(pre, resolution),
+            pp=eval_pp(pre, resolution),
             labels=list(labels) if labels else None,
             extra={"converted_from": f"timm {timm_config.get('architecture')}"},
         )
@@ -181,19 +182,6 @@ class ViT(PretrainedModel, tags=["vit", "image-classification"]):
             "rep_size": m.rep_size,
             "approximate_gelu": m.approximate_gelu,
         }
-
-
-def _timm_pp(pre: Mapping[str, Any], resolution: int) -> str:
-    crop_pct = float(pre.get("crop_pct") or 0.875)
-    mean = [round(float(m) * 255, 4) for m in pre.get("mean", (0.5, 0.5, 0.5))]
-    std = [round(float(s) * 255, 4) for s in pre.get("std", (0.5, 0.5, 0.5))]
-    small = int(math.floor(resolution / crop_pct))
-    method = pre.get("interpolation", "bicubic")
-    method = method if method in ("bilinear", "bicubic", "nearest", "area") else "bilinear"
-    return (
-        f"decode|resize_small({small}, method='{method}')|central_crop({resolution})|"
-        f"vgg_value_range(mean={tuple(mean)}, std={tuple(std)})"
-    )
 
 
 def _to_numpy(tree: Any) -> Any:

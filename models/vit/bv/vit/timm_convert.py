@@ -32,6 +32,19 @@ from typing import Any
 
 import numpy as np
 
+from bv.core.hub.timm_interop import (
+    TimmStateDict,
+    f32,
+    linear_from_timm,
+    linear_to_timm,
+    mlp_from_timm,
+    mlp_ratio,
+    mlp_to_timm,
+    norm_from_timm,
+    norm_to_timm,
+    pair,
+    pretrained_cfg,
+)
 from bv.vit.model import VARIANTS, decode_variant, posemb_sincos_2d
 
 __all__ = [
@@ -131,24 +144,6 @@ _ARG_VALUES: dict[str, tuple[Any, ...] | None] = {
 # --------------------------------------------------------------------------- bv -> timm
 
 
-def _np(x: Any) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32)
-
-
-def _linear_to_timm(dense: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    return _np(dense["kernel"]).T.copy(), _np(dense["bias"])
-
-
-def _norm_to_timm(out: dict[str, np.ndarray], prefix: str, ln: Mapping[str, Any]) -> None:
-    out[f"{prefix}.weight"] = _np(ln["scale"])
-    out[f"{prefix}.bias"] = _np(ln["bias"])
-
-
-def _mlp_to_timm(out: dict[str, np.ndarray], prefix: str, mlp: Mapping[str, Any]) -> None:
-    out[f"{prefix}.fc1.weight"], out[f"{prefix}.fc1.bias"] = _linear_to_timm(mlp["Dense_0"])
-    out[f"{prefix}.fc2.weight"], out[f"{prefix}.fc2.bias"] = _linear_to_timm(mlp["Dense_1"])
-
-
 def _check_heads(mha: Mapping[str, Any], num_heads: int, where: str) -> None:
     shape = np.shape(mha["query"]["kernel"])
     if len(shape) != 3 or shape[1] != num_heads:
@@ -160,12 +155,12 @@ def _check_heads(mha: Mapping[str, Any], num_heads: int, where: str) -> None:
 
 def _proj_in(mha: Mapping[str, Any], name: str, width: int) -> tuple[np.ndarray, np.ndarray]:
     """A flax q/k/v projection ([D, heads, head_dim] kernel) as a torch Linear weight [heads*head_dim, D]."""
-    return _np(mha[name]["kernel"]).reshape(width, -1).T, _np(mha[name]["bias"]).reshape(-1)
+    return f32(mha[name]["kernel"]).reshape(width, -1).T, f32(mha[name]["bias"]).reshape(-1)
 
 
 def _proj_out(mha: Mapping[str, Any], width: int) -> tuple[np.ndarray, np.ndarray]:
     """The flax output projection ([heads, head_dim, D] kernel) as a torch Linear weight [D, heads*head_dim]."""
-    return _np(mha["out"]["kernel"]).reshape(-1, width).T.copy(), _np(mha["out"]["bias"])
+    return f32(mha["out"]["kernel"]).reshape(-1, width).T.copy(), f32(mha["out"]["bias"])
 
 
 def _pool_type(params: Mapping[str, Any]) -> str:
@@ -202,10 +197,10 @@ def params_to_timm(
     pool = _pool_type(params)
 
     out: dict[str, np.ndarray] = {}
-    kernel = _np(params["embedding"]["kernel"])  # [ph, pw, in, D]
+    kernel = f32(params["embedding"]["kernel"])  # [ph, pw, in, D]
     width = kernel.shape[-1]
     if "pos_embedding" in params:
-        posemb = _np(params["pos_embedding"])
+        posemb = f32(params["pos_embedding"])
     elif posemb_grid is not None:
         posemb = posemb_sincos_2d(posemb_grid[0], posemb_grid[1], width).astype(np.float32)
     else:
@@ -214,72 +209,43 @@ def params_to_timm(
             "patch grid (image size // patch size), so that the fixed embedding can be written as timm's pos_embed."
         )
     if pool == "tok":
-        out["cls_token"] = _np(params["cls"]).reshape(1, 1, width)
+        out["cls_token"] = f32(params["cls"]).reshape(1, 1, width)
         posemb = np.concatenate([np.zeros((1, 1, width), np.float32), posemb], axis=1)
     out["pos_embed"] = posemb
     out["patch_embed.proj.weight"] = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1))
-    out["patch_embed.proj.bias"] = _np(params["embedding"]["bias"])
+    out["patch_embed.proj.bias"] = f32(params["embedding"]["bias"])
 
     for i in range(depth):
         block, pre = enc[f"encoderblock_{i}"], f"blocks.{i}"
         mha = block["MultiHeadDotProductAttention_0"]
         _check_heads(mha, num_heads, f"Transformer/encoderblock_{i}/MultiHeadDotProductAttention_0")
-        _norm_to_timm(out, f"{pre}.norm1", block["LayerNorm_0"])
+        norm_to_timm(out, f"{pre}.norm1", block["LayerNorm_0"])
         qkv = [_proj_in(mha, name, width) for name in ("query", "key", "value")]
         out[f"{pre}.attn.qkv.weight"] = np.concatenate([w for w, _ in qkv], axis=0)
         out[f"{pre}.attn.qkv.bias"] = np.concatenate([b for _, b in qkv], axis=0)
         out[f"{pre}.attn.proj.weight"], out[f"{pre}.attn.proj.bias"] = _proj_out(mha, width)
-        _norm_to_timm(out, f"{pre}.norm2", block["LayerNorm_1"])
-        _mlp_to_timm(out, f"{pre}.mlp", block["MlpBlock_0"])
-    _norm_to_timm(out, "norm", enc["encoder_norm"])
+        norm_to_timm(out, f"{pre}.norm2", block["LayerNorm_1"])
+        mlp_to_timm(out, f"{pre}.mlp", block["MlpBlock_0"])
+    norm_to_timm(out, "norm", enc["encoder_norm"])
 
     if pool == "map":
         head = params["MAPHead_0"]
         mha = head["MultiHeadDotProductAttention_0"]
         _check_heads(mha, num_heads, "MAPHead_0/MultiHeadDotProductAttention_0")
-        out["attn_pool.latent"] = _np(head["probe"]).reshape(1, -1, width)
+        out["attn_pool.latent"] = f32(head["probe"]).reshape(1, -1, width)
         out["attn_pool.q.weight"], out["attn_pool.q.bias"] = _proj_in(mha, "query", width)
         k, v = _proj_in(mha, "key", width), _proj_in(mha, "value", width)
         out["attn_pool.kv.weight"] = np.concatenate([k[0], v[0]], axis=0)
         out["attn_pool.kv.bias"] = np.concatenate([k[1], v[1]], axis=0)
         out["attn_pool.proj.weight"], out["attn_pool.proj.bias"] = _proj_out(mha, width)
-        _norm_to_timm(out, "attn_pool.norm", head["LayerNorm_0"])
-        _mlp_to_timm(out, "attn_pool.mlp", head["MlpBlock_0"])
+        norm_to_timm(out, "attn_pool.norm", head["LayerNorm_0"])
+        mlp_to_timm(out, "attn_pool.mlp", head["MlpBlock_0"])
     if "head" in params:
-        out["head.weight"], out["head.bias"] = _linear_to_timm(params["head"])
+        out["head.weight"], out["head.bias"] = linear_to_timm(params["head"])
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------- timm -> bv
-
-
-class _StateDict:
-    """A timm state dict that remembers which entries were read, so that leftovers can be reported."""
-
-    def __init__(self, state_dict: Mapping[str, Any]) -> None:
-        self._sd = dict(state_dict)
-        self.unused = set(self._sd)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._sd
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name not in self._sd:
-            raise ValueError(f"The timm state dict has no {name!r}: not a plain timm VisionTransformer.")
-        self.unused.discard(name)
-        return _np(self._sd[name])
-
-
-def _linear_from_timm(sd: _StateDict, prefix: str) -> dict[str, np.ndarray]:
-    return {"kernel": sd[f"{prefix}.weight"].T.copy(), "bias": sd[f"{prefix}.bias"]}
-
-
-def _norm_from_timm(sd: _StateDict, prefix: str) -> dict[str, np.ndarray]:
-    return {"scale": sd[f"{prefix}.weight"], "bias": sd[f"{prefix}.bias"]}
-
-
-def _mlp_from_timm(sd: _StateDict, prefix: str) -> dict[str, Any]:
-    return {"Dense_0": _linear_from_timm(sd, f"{prefix}.fc1"), "Dense_1": _linear_from_timm(sd, f"{prefix}.fc2")}
 
 
 def _heads_in(weight: np.ndarray, bias: np.ndarray, num_heads: int) -> dict[str, np.ndarray]:
@@ -287,7 +253,7 @@ def _heads_in(weight: np.ndarray, bias: np.ndarray, num_heads: int) -> dict[str,
     return {"kernel": weight.T.reshape(weight.shape[1], num_heads, -1), "bias": bias.reshape(num_heads, -1)}
 
 
-def _heads_out(sd: _StateDict, prefix: str, num_heads: int) -> dict[str, np.ndarray]:
+def _heads_out(sd: TimmStateDict, prefix: str, num_heads: int) -> dict[str, np.ndarray]:
     weight = sd[f"{prefix}.weight"]  # [D, heads*head_dim]
     return {"kernel": weight.T.reshape(num_heads, -1, weight.shape[0]), "bias": sd[f"{prefix}.bias"]}
 
@@ -326,7 +292,7 @@ def timm_to_params(
     of patches, plus one or not); pass ``no_embed_class`` for non-square grids.
     Parts bv's ViT cannot represent (fc_norm, register tokens, layer scale, ...) raise ``ValueError``.
     """
-    sd = _StateDict(state_dict)
+    sd = TimmStateDict(state_dict, "VisionTransformer")
     for name, what in _NOT_PLAIN.items():
         if name in sd:
             raise ValueError(f"This timm model has {what}; bv's ViT has no such part, so it cannot be converted.")
@@ -365,17 +331,17 @@ def timm_to_params(
         qkv_w, qkv_b = sd[f"{pre}.attn.qkv.weight"], sd[f"{pre}.attn.qkv.bias"]
         (qw, kw, vw), (qb, kb, vb) = np.split(qkv_w, 3, axis=0), np.split(qkv_b, 3, axis=0)
         blocks[f"encoderblock_{i}"] = {
-            "LayerNorm_0": _norm_from_timm(sd, f"{pre}.norm1"),
+            "LayerNorm_0": norm_from_timm(sd, f"{pre}.norm1"),
             "MultiHeadDotProductAttention_0": {
                 "query": _heads_in(qw, qb, num_heads),
                 "key": _heads_in(kw, kb, num_heads),
                 "value": _heads_in(vw, vb, num_heads),
                 "out": _heads_out(sd, f"{pre}.attn.proj", num_heads),
             },
-            "LayerNorm_1": _norm_from_timm(sd, f"{pre}.norm2"),
-            "MlpBlock_0": _mlp_from_timm(sd, f"{pre}.mlp"),
+            "LayerNorm_1": norm_from_timm(sd, f"{pre}.norm2"),
+            "MlpBlock_0": mlp_from_timm(sd, f"{pre}.mlp"),
         }
-    blocks["encoder_norm"] = _norm_from_timm(sd, "norm")
+    blocks["encoder_norm"] = norm_from_timm(sd, "norm")
     params["Transformer"] = blocks
 
     if "attn_pool.latent" in sd:
@@ -394,11 +360,11 @@ def timm_to_params(
                 "value": _heads_in(vw, vb, num_heads),
                 "out": _heads_out(sd, "attn_pool.proj", num_heads),
             },
-            "LayerNorm_0": _norm_from_timm(sd, "attn_pool.norm"),
-            "MlpBlock_0": _mlp_from_timm(sd, "attn_pool.mlp"),
+            "LayerNorm_0": norm_from_timm(sd, "attn_pool.norm"),
+            "MlpBlock_0": mlp_from_timm(sd, "attn_pool.mlp"),
         }
     if "head.weight" in sd:
-        params["head"] = _linear_from_timm(sd, "head")
+        params["head"] = linear_from_timm(sd, "head")
     if sd.unused:
         raise ValueError(
             f"The timm state dict has entries a plain ViT does not: {sorted(sd.unused)[:8]}; bv's ViT cannot "
@@ -408,23 +374,6 @@ def timm_to_params(
 
 
 # --------------------------------------------------------------------------- architectures and configs
-
-
-def _pair(x: Any) -> tuple[int, int]:
-    if isinstance(x, (int, np.integer)):
-        return int(x), int(x)
-    h, w = x
-    return int(h), int(w)
-
-
-def _mlp_ratio(width: int, mlp_dim: int) -> float:
-    """A ratio for which timm's ``int(width * mlp_ratio)`` is exactly ``mlp_dim``."""
-    ratio = mlp_dim / width
-    for _ in range(4):
-        if int(width * ratio) == mlp_dim:
-            return ratio
-        ratio = math.nextafter(ratio, math.inf)
-    raise ValueError(f"No float mlp_ratio gives timm mlp_dim={mlp_dim} at width={width}.")
 
 
 def timm_model_args(model_kwargs: Mapping[str, Any], *, image_size: int | tuple[int, int]) -> tuple[str, dict]:
@@ -453,7 +402,7 @@ def timm_model_args(model_kwargs: Mapping[str, Any], *, image_size: int | tuple[
         raise ValueError(f"Unknown posemb {fields['posemb']!r}: expected 'learn' or 'sincos2d'.")
     width, depth, num_heads = int(fields["width"]), int(fields["depth"]), int(fields["num_heads"])
     mlp_dim = int(fields["mlp_dim"] or 4 * width)
-    patch = _pair(fields["patch_size"])
+    patch = pair(fields["patch_size"])
 
     name = "vit_base_patch16_224"
     for bv_size, timm_size in _BV_TO_TIMM_SIZE.items():
@@ -461,12 +410,12 @@ def timm_model_args(model_kwargs: Mapping[str, Any], *, image_size: int | tuple[
             if (timm_size, patch[0]) in _TIMM_224_NAMES:
                 name = f"vit_{timm_size}_patch{patch[0]}_224"
     kwargs: dict[str, Any] = {
-        "img_size": _pair(image_size),
+        "img_size": pair(image_size),
         "patch_size": patch[0] if patch[0] == patch[1] else patch,
         "embed_dim": width,
         "depth": depth,
         "num_heads": num_heads,
-        "mlp_ratio": _mlp_ratio(width, mlp_dim),
+        "mlp_ratio": mlp_ratio(width, mlp_dim),
         "num_classes": int(fields["num_classes"] or 0),
         "global_pool": {"gap": "avg", "tok": "token", "map": "map"}[pool],
         "class_token": pool == "tok",
@@ -484,12 +433,12 @@ def _architecture(arch: str) -> tuple[dict[str, Any], tuple[int, int]]:
     for regex, extra in _ARCHITECTURES:
         m = regex.fullmatch(base)
         if m:
-            width, depth, heads, mlp_ratio = _TIMM_SIZES[m["size"]]
+            width, depth, heads, ratio = _TIMM_SIZES[m["size"]]
             args: dict[str, Any] = {
                 "embed_dim": width,
                 "depth": depth,
                 "num_heads": heads,
-                "mlp_ratio": mlp_ratio,
+                "mlp_ratio": ratio,
                 "patch_size": int(m["patch"]),
                 **extra,
             }
@@ -499,20 +448,12 @@ def _architecture(arch: str) -> tuple[dict[str, Any], tuple[int, int]]:
     raise ValueError(f"Unsupported timm architecture {arch!r}: not a plain ViT. Supported: {_SUPPORTED}.")
 
 
-def _pretrained_cfg(cfg: Mapping[str, Any]) -> Mapping[str, Any]:
-    # Hub configs nest the preprocessing under pretrained_cfg; legacy ones keep it at the top level.
-    pcfg = cfg.get("pretrained_cfg", cfg)
-    if not isinstance(pcfg, Mapping):
-        raise ValueError(f"pretrained_cfg in the timm config is a {type(pcfg).__name__}, expected a mapping.")
-    return pcfg
-
-
 def _image_size(cfg: Mapping[str, Any], default: tuple[int, int]) -> tuple[int, int]:
     model_args = cfg.get("model_args") or {}
     if model_args.get("img_size") is not None:
-        return _pair(model_args["img_size"])
-    input_size = _pretrained_cfg(cfg).get("input_size")
-    return _pair(input_size[-2:]) if input_size else default
+        return pair(model_args["img_size"])
+    input_size = pretrained_cfg(cfg).get("input_size")
+    return pair(input_size[-2:]) if input_size else default
 
 
 def vit_kwargs_from_timm_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -544,7 +485,7 @@ def vit_kwargs_from_timm_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 f"supported values: {', '.join(map(repr, allowed))}."
             )
     args.update(model_args)
-    num_classes = int(cfg.get("num_classes", args.get("num_classes", _pretrained_cfg(cfg).get("num_classes", 1000))))
+    num_classes = int(cfg.get("num_classes", args.get("num_classes", pretrained_cfg(cfg).get("num_classes", 1000))))
 
     class_token = bool(args.get("class_token", True))
     global_pool = args.get("global_pool", "token")
@@ -570,7 +511,7 @@ def vit_kwargs_from_timm_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     width, depth, num_heads = int(args["embed_dim"]), int(args["depth"]), int(args["num_heads"])
     mlp_dim = int(width * float(args.get("mlp_ratio", 4.0)))
-    patch = _pair(args["patch_size"])
+    patch = pair(args["patch_size"])
     out: dict[str, Any] = {}
     variant = next((n for n, v in VARIANTS.items() if v == (width, depth, mlp_dim, num_heads)), None)
     if variant and patch[0] == patch[1]:
@@ -590,10 +531,10 @@ def timm_preprocessing(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     timm resizes the shorter side to ``size / crop_pct``, then center-crops ``size`` (``crop_mode='center'``).
     """
-    pcfg = _pretrained_cfg(cfg)
+    pcfg = pretrained_cfg(cfg)
     input_size = pcfg.get("input_size")
     return {
-        "image_size": _pair(input_size[-2:]) if input_size else _image_size(cfg, (224, 224)),
+        "image_size": pair(input_size[-2:]) if input_size else _image_size(cfg, (224, 224)),
         "mean": tuple(float(x) for x in pcfg.get("mean", (0.485, 0.456, 0.406))),
         "std": tuple(float(x) for x in pcfg.get("std", (0.229, 0.224, 0.225))),
         "crop_pct": float(pcfg.get("crop_pct", 0.875)),
