@@ -26,6 +26,11 @@ class ParamsMismatchError(ValueError):
     """Loaded parameters that do not fit the model; the message lists the differences."""
 
 
+def matches_any(name: str, patterns: Sequence[str]) -> bool:
+    """Whether a ``/``-joined leaf name fully matches one of the regexes (as ``dont_load`` uses them)."""
+    return any(re.fullmatch(p, name) for p in patterns)
+
+
 def fit_params(
     loaded: Mapping[str, Any],
     target: Any,
