@@ -1,6 +1,6 @@
 """More general pp ops: reshaping, padding, concatenating, defaults, random choice and lookups.
 
-These complete big_vision's image/label ops (its text and tokenizer ops live elsewhere).
+These complete big_vision's image/label ops (text ops: ``ops_text``).
 Single-tensor ops take ``key=``/``inkey=``/``outkey=`` like the others; ``choice`` draws
 from ``data["_rng"]`` when present, so its picks are a pure function of the example's seed.
 """
@@ -272,6 +272,54 @@ def get_choice(
         return out
 
     return choice
+
+
+@pp_ops.register("choice_no_replacement")
+def get_choice_no_replacement(
+    key: str | Sequence[str] | None = None,
+    inkey: str | Sequence[str] | None = None,
+    outkey: str | Sequence[str] | None = None,
+) -> PPOp:
+    """Picks one entry (along axis 0) of one or more keys, cycling through all entries over the epochs.
+
+    An example with ``n`` entries (e.g. captions) gives each of them once in its first ``n``
+    epochs, in a random order, then again in another order, and so on. The pick is a pure
+    function of the example's ``_id`` and ``_epoch`` (both added by bv's training pipeline),
+    so it needs no state and survives a resume; big_vision instead counts sightings in host
+    memory. Keys work as in ``choice``.
+    """
+    inkeys = _key_list(inkey or key, "key or inkey", "choice_no_replacement")
+    outkeys = _key_list(outkey or key or inkeys, "outkey", "choice_no_replacement")
+    if len(outkeys) != len(inkeys):
+        raise ValueError(f"choice_no_replacement: {len(inkeys)} inkeys {inkeys} but {len(outkeys)} outkeys {outkeys}.")
+    outkeys = [o.format(key=i) for o, i in zip(outkeys, inkeys)]
+
+    def choice_no_replacement(data: Data) -> Data:
+        missing = [k for k in ("_id", "_epoch") if k not in data]
+        if missing:
+            raise KeyError(
+                f"choice_no_replacement needs the example's _id and _epoch (bv's input pipeline adds both); "
+                f"the data has no {', '.join(missing)}."
+            )
+        out = dict(data)
+        values = [tf.convert_to_tensor(_require(out, k, "choice_no_replacement")) for k in inkeys]
+        count = tf.shape(values[0], out_type=tf.int64)[0]
+        checks = [tf.debugging.assert_positive(count, message="choice_no_replacement: no entries to pick from")]
+        checks += [
+            tf.debugging.assert_equal(tf.shape(v, out_type=tf.int64)[0], count, message=f"{k} length differs")
+            for k, v in zip(inkeys[1:], values[1:])
+        ]
+        with tf.control_dependencies(checks):
+            count = tf.identity(count)
+        epoch = tf.cast(data["_epoch"], tf.int64)
+        cycle, position = epoch // count, epoch % count
+        seed = tf.stack([tf.cast(data["_id"], tf.int64), cycle])
+        index = tf.random.experimental.stateless_shuffle(tf.range(count), seed=seed)[position]
+        for ik, ok in zip(inkeys, outkeys):
+            out[ok] = tf.gather(out[ik], index)
+        return out
+
+    return choice_no_replacement
 
 
 # ---------------------------------------------------------------- lookup

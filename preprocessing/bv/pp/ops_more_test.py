@@ -186,6 +186,45 @@ def test_choice_range_and_fewer_ok():
         run("choice(5, key='x')", seeded(short, 0))
 
 
+def test_choice_no_replacement_cycles_through_all_entries_per_example():
+    texts = np.array([b"a", b"b", b"c"])
+    ids = np.array([b"0", b"1", b"2"])
+
+    def picks(example_id: int, epochs: range, runner) -> list[tuple[bytes, int]]:
+        out = []
+        for epoch in epochs:
+            data = {"texts": texts, "ids": ids, "_id": np.int32(example_id), "_epoch": np.int64(epoch)}
+            r = runner("choice_no_replacement(key=['texts', 'ids'])", data)
+            out.append((r["texts"].item(), int(r["ids"].item())))
+        return out
+
+    first = picks(7, range(6), run)
+    assert first == picks(7, range(6), run_in_dataset)  # eager and in tf.data alike
+    assert all(t == texts[i] for t, i in first)  # the same entry of every key
+    # Every entry once per cycle of 3 epochs; the two cycles use different orders for some example.
+    assert sorted(t for t, _ in first[:3]) == sorted(t for t, _ in first[3:]) == [b"a", b"b", b"c"]
+    orders = {tuple(t for t, _ in picks(i, range(3), run)) for i in range(8)}
+    assert len(orders) > 1  # the order depends on the example
+    with pytest.raises(KeyError, match="needs the example's _id and _epoch"):
+        run("choice_no_replacement(key='texts')", {"texts": texts, "_id": np.int32(1)})
+
+
+def test_training_examples_carry_their_epoch(tmp_path):
+    from bv.core.data import custom, input_pipeline as ip
+
+    builder = custom.build_from_arrays("epochs", {"train": {"x": np.arange(5)}}, str(tmp_path))
+    seen = []
+
+    def pp(data):
+        return {"x": data["x"], "epoch": data["_epoch"], "has_id": tf.constant("_id" in data)}
+
+    ds = ip.make_for_train(builder, "train", 5, pp, seed=0, skip_decode=(), start_index=5)  # resumes in epoch 1
+    for batch in ds.take(2).as_numpy_iterator():
+        seen.append(batch)
+    assert [b["epoch"].tolist() for b in seen] == [[1] * 5, [2] * 5] and seen[0]["has_id"].all()
+    assert "_epoch" not in seen[0]
+
+
 def test_choice_without_rng_and_argument_errors():
     out = run("choice(key='x')", {"x": tf.constant([4, 4, 4])})
     assert out["x"] == 4

@@ -11,6 +11,10 @@ instead a pure function of ``seed``: every host walks the same global stream and
 keeps its slice of each global batch, so the global batches do not depend on the
 number of hosts.
 
+Training examples also carry ``_epoch``, the number of earlier passes over the split (0 in
+evaluation), so that ``choice_no_replacement`` can cycle through an example's entries
+without any state. ``_rng`` and ``_epoch`` are dropped after the pp.
+
 Random pp ops read ``data["_rng"]`` (an int64 ``[2]`` seed for TF's stateless
 random ops) instead of global TF seeds, so that the same run gives the same
 batches, and a resumed run gives the batches of the uninterrupted one
@@ -190,6 +194,7 @@ def _with_rng(preprocess_fn: PreprocessFn, key: tf.Tensor) -> Callable[[tf.Tenso
             raise TypeError(f"preprocess_fn must return a dict of tensors, got {type(result).__name__}.")
         result = dict(result)
         result.pop("_rng", None)
+        result.pop("_epoch", None)
         return result
 
     return fn
@@ -332,12 +337,14 @@ def indexed_examples(
         raw = raw.cache()
 
     def epoch(e: tf.Tensor) -> tf.data.Dataset:
-        if not shuffle_buffer_size:
-            return raw
-        epoch_seed = tf.random.stateless_uniform(
-            [], seed=tf.stack([shuffle_key, e]), dtype=tf.int64, minval=None, maxval=None, alg="philox"
-        )
-        return raw.shuffle(shuffle_buffer_size, seed=epoch_seed, reshuffle_each_iteration=False)
+        # ``_epoch`` tells pp ops how often this example was seen before (``choice_no_replacement``).
+        ds = raw
+        if shuffle_buffer_size:
+            epoch_seed = tf.random.stateless_uniform(
+                [], seed=tf.stack([shuffle_key, e]), dtype=tf.int64, minval=None, maxval=None, alg="philox"
+            )
+            ds = raw.shuffle(shuffle_buffer_size, seed=epoch_seed, reshuffle_each_iteration=False)
+        return ds.map(lambda example: {**example, "_epoch": e})
 
     first_epoch, offset = divmod(start, epoch_size)
     ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
@@ -405,7 +412,7 @@ def make_for_eval(
     wrapped = _with_rng(preprocess_fn, example_key)
 
     def pp(index: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        result = wrapped(index, example)
+        result = wrapped(index, {**example, "_epoch": tf.constant(0, tf.int64)})
         result.setdefault("_mask", tf.constant(True))
         if "_id" in example:
             result.setdefault("_id", example["_id"])
