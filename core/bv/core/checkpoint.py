@@ -13,7 +13,8 @@ A checkpoint is a folder ``workdir/checkpoints/ckpt-{step:09d}`` holding
 Dtypes safetensors cannot hold (bfloat16 and the other ml_dtypes, complex128)
 are stored as a same-width unsigned-integer view of their bytes, so they come
 back bit for bit. Typed PRNG keys (``jax.random.key``) are stored as their key
-data and rewrapped on restore; raw ``uint32`` keys are ordinary arrays.
+data and rewrapped on restore; raw ``uint32`` keys are ordinary arrays. How each
+leaf is stored is ``bv.core.checkpoint_leaves``; this module writes and reads folders.
 
 A save is atomic: it writes the folder under a temporary name, fsyncs it, and
 renames it into place, then rewrites the ``LAST`` pointer the same way. A run
@@ -25,7 +26,6 @@ arrays and process 0 writes them. A restore places each process's shards, on any
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -35,13 +35,12 @@ import uuid
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 from jax.experimental import multihost_utils
 from safetensors import safe_open
 
-from bv.core import tree
+from bv.core import checkpoint_leaves as codec
 from bv.core.failpoints import crash_point
 
 FORMAT = "bv-checkpoint"
@@ -55,73 +54,9 @@ _TMP_PREFIX = ".tmp-"
 _NAME_RE = re.compile(r"ckpt-(\d{9,})")
 _MAX_LISTED = 8
 
-# Dtypes safetensors.numpy stores as themselves; any other dtype is stored as raw bits.
-_NATIVE_DTYPES = frozenset(
-    np.dtype(t)
-    for t in (
-        np.float64,
-        np.float32,
-        np.float16,
-        np.int64,
-        np.int32,
-        np.int16,
-        np.int8,
-        np.uint64,
-        np.uint32,
-        np.uint16,
-        np.uint8,
-        np.bool_,
-        np.complex64,
-    )
-)
-_UINT_OF_WIDTH: dict[int, np.dtype[Any]] = {
-    1: np.dtype(np.uint8),
-    2: np.dtype(np.uint16),
-    4: np.dtype(np.uint32),
-    8: np.dtype(np.uint64),
-}
-
-# How a leaf's bytes sit in the safetensors file.
-_NATIVE = "native"  # the array itself
-_UINT_VIEW = "uint_view"  # a same-width unsigned-integer view (bfloat16 -> uint16)
-_BYTES = "bytes"  # uint8 with an extra trailing axis of the item size (complex128)
-_PRNG_KEY = "prng_key"  # the uint32 key data of a typed jax PRNG key
-
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's leaves differ from the template's (names, shapes or dtypes)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _Leaf:
-    """What a checkpoint records about one leaf."""
-
-    name: str
-    dtype: str  # the true dtype: "float32", "bfloat16", "key<fry>", ...
-    shape: tuple[int, ...]  # the logical shape (a typed key array's shape, without the key data axis)
-    encoding: str = _NATIVE
-    impl: str | None = None  # the PRNG implementation of a typed key
-
-    def describe(self) -> str:
-        return f"{self.dtype}[{','.join(map(str, self.shape))}]"
-
-    def to_json(self) -> dict[str, Any]:
-        record: dict[str, Any] = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
-        if self.encoding != _NATIVE:
-            record["encoding"] = self.encoding
-        if self.impl is not None:
-            record["impl"] = self.impl
-        return record
-
-    @classmethod
-    def from_json(cls, record: dict[str, Any]) -> _Leaf:
-        return cls(
-            name=record["name"],
-            dtype=record["dtype"],
-            shape=tuple(record["shape"]),
-            encoding=record.get("encoding", _NATIVE),
-            impl=record.get("impl"),
-        )
 
 
 # ---------------------------------------------------------------------------
@@ -156,7 +91,7 @@ def save(
     metadata["step"] = step
 
     # Everything that can fail on bad input fails before anything touches the disk.
-    leaves, arrays = _encode_state(state)
+    leaves, arrays = codec.encode_state(state)
     info = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -272,15 +207,15 @@ def restore(path: str, template: Any) -> tuple[Any, dict[str, Any]]:
     Reads only: nothing on disk changes.
     """
     info = _read_info(path)
-    stored = {leaf.name: leaf for leaf in map(_Leaf.from_json, info["leaves"])}
-    named, treedef = _flatten_named(template, what="template")
-    expected = [_expected_leaf(name, leaf) for name, leaf in named]
+    stored = {leaf.name: leaf for leaf in map(codec.Leaf.from_json, info["leaves"])}
+    named, treedef = codec.flatten_named(template, what="template")
+    expected = [codec.expected_leaf(name, leaf) for name, leaf in named]
     _check_match(path, stored, expected)
 
     values = []
     with safe_open(os.path.join(path, ARRAYS_FILE), framework="np") as f:
         for name, like in named:
-            values.append(_place(_decode(stored[name], f.get_tensor(name)), like))
+            values.append(_place(codec.decode(stored[name], f.get_tensor(name)), like))
     return jax.tree_util.tree_unflatten(treedef, values), dict(info["metadata"])
 
 
@@ -294,14 +229,14 @@ def load_params(path: str, subtree: str | None = "params") -> dict[str, Any]:
     """
     info = _read_info(path)
     prefix = f"{subtree.strip('/')}/" if subtree else ""
-    leaves = [leaf for leaf in map(_Leaf.from_json, info["leaves"]) if leaf.name.startswith(prefix)]
+    leaves = [leaf for leaf in map(codec.Leaf.from_json, info["leaves"]) if leaf.name.startswith(prefix)]
     if not leaves:
         tops = sorted({record["name"].split("/")[0] for record in info["leaves"]})
         raise KeyError(f"Checkpoint {path} has no leaves under {subtree!r}; its top-level entries are: {tops}.")
     out: dict[str, Any] = {}
     with safe_open(os.path.join(path, ARRAYS_FILE), framework="np") as f:
         for leaf in leaves:
-            value = _decode(leaf, f.get_tensor(leaf.name), wrap_keys=False)
+            value = codec.decode(leaf, f.get_tensor(leaf.name), wrap_keys=False)
             *parents, last = leaf.name[len(prefix) :].split("/")
             node = out
             for key in parents:
@@ -311,104 +246,11 @@ def load_params(path: str, subtree: str | None = "params") -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------
-# Encoding leaves
-# ---------------------------------------------------------------------------
-
-
-def _is_prng_key(x: Any) -> bool:
-    dtype = getattr(x, "dtype", None)
-    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-
-
-def _flatten_named(state: Any, what: str) -> tuple[list[tuple[str, Any]], Any]:
-    named = tree.flatten_with_names(state)
-    treedef = jax.tree_util.tree_structure(state)
-    seen: set[str] = set()
-    for name, _ in named:
-        if name in seen:
-            raise ValueError(f"Two leaves of the {what} are both named {name!r}; checkpoint leaf names must be unique.")
-        if name == "__metadata__":
-            raise ValueError(f"A leaf of the {what} is named '__metadata__', which safetensors reserves.")
-        seen.add(name)
-    return named, treedef
-
-
-def _encode_state(state: Any) -> tuple[list[_Leaf], dict[str, np.ndarray]]:
-    named, _ = _flatten_named(state, what="state")
-    leaves, arrays = [], {}
-    for name, value in named:
-        leaf, array = _encode(name, value)
-        leaves.append(leaf)
-        arrays[name] = array
-    return leaves, arrays
-
-
-def _to_host(name: str, value: Any) -> np.ndarray:
-    if isinstance(value, jax.Array) and not value.is_fully_addressable:
-        # Spread over several processes: every process takes part in gathering the whole array.
-        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
-    return np.asarray(jax.device_get(value))
-
-
-def _encode(name: str, value: Any) -> tuple[_Leaf, np.ndarray]:
-    """The record and the safetensors-storable array for one leaf."""
-    if _is_prng_key(value):
-        data = np.asarray(_to_host(name, jax.random.key_data(value)), order="C")
-        impl = str(jax.random.key_impl(value))
-        return _Leaf(name, str(value.dtype), tuple(value.shape), _PRNG_KEY, impl), data
-    array = np.asarray(_to_host(name, value), order="C")
-    if array.dtype.kind in "OUSMm" or array.dtype.fields is not None:
-        raise TypeError(
-            f"Leaf {name!r} is a {type(value).__name__} of dtype {array.dtype}; a checkpoint's state holds numeric "
-            "arrays, PRNG keys and numbers only. Put strings and other values in `metadata`."
-        )
-    if not array.dtype.isnative:
-        array = array.astype(array.dtype.newbyteorder("="))
-    leaf = _Leaf(name, array.dtype.name, tuple(array.shape))
-    if array.dtype in _NATIVE_DTYPES:
-        return leaf, array
-    width = array.dtype.itemsize
-    if width in _UINT_OF_WIDTH:
-        return dataclasses.replace(leaf, encoding=_UINT_VIEW), array.view(_UINT_OF_WIDTH[width])
-    raw = array.reshape(-1).view(np.uint8).reshape(array.shape + (width,))
-    return dataclasses.replace(leaf, encoding=_BYTES), raw
-
-
-def _dtype(name: str) -> np.dtype:
-    try:
-        return np.dtype(name)
-    except TypeError:
-        raise TypeError(f"The checkpoint holds a leaf of dtype {name!r}, which this numpy/ml_dtypes does not know.")
-
-
-def _decode(leaf: _Leaf, stored: np.ndarray, wrap_keys: bool = True) -> Any:
-    """Inverse of :func:`_encode`: the leaf's value with its true dtype (a jax key array for typed keys)."""
-    if leaf.encoding == _PRNG_KEY:
-        return jax.random.wrap_key_data(jnp.asarray(stored), impl=leaf.impl) if wrap_keys else stored
-    if leaf.encoding == _NATIVE:
-        return stored
-    if leaf.encoding == _UINT_VIEW:
-        return stored.view(_dtype(leaf.dtype))
-    if leaf.encoding == _BYTES:
-        return np.asarray(stored, order="C").view(_dtype(leaf.dtype)).reshape(leaf.shape)
-    raise ValueError(f"Leaf {leaf.name!r} has an unknown encoding {leaf.encoding!r}; was it written by a newer bv?")
-
-
-# ---------------------------------------------------------------------------
 # Matching a template
 # ---------------------------------------------------------------------------
 
 
-def _expected_leaf(name: str, like: Any) -> _Leaf:
-    if _is_prng_key(like):
-        return _Leaf(name, str(like.dtype), tuple(like.shape), _PRNG_KEY)
-    if hasattr(like, "shape") and hasattr(like, "dtype"):
-        return _Leaf(name, np.dtype(like.dtype).name, tuple(like.shape))
-    array = np.asarray(like)
-    return _Leaf(name, array.dtype.name, tuple(array.shape))
-
-
-def _check_match(path: str, stored: dict[str, _Leaf], expected: list[_Leaf]) -> None:
+def _check_match(path: str, stored: dict[str, codec.Leaf], expected: list[codec.Leaf]) -> None:
     problems = []
     expected_names = set()
     for want in expected:
@@ -443,7 +285,7 @@ def _place(value: Any, like: Any) -> Any:
         return np.asarray(value)[()]
     if isinstance(like, np.ndarray):
         return np.asarray(value)
-    if not _is_prng_key(value) and jax.dtypes.canonicalize_dtype(value.dtype) != value.dtype:
+    if not codec.is_prng_key(value) and jax.dtypes.canonicalize_dtype(value.dtype) != value.dtype:
         return np.asarray(value)  # e.g. int64 while jax runs without x64: keep every bit on the host
     sharding = getattr(like, "sharding", None)
     return put_global(value, sharding) if sharding is not None else jax.device_put(value)
@@ -459,7 +301,7 @@ def put_global(tree: Any, shardings: Any) -> Any:
     def put(value: Any, sharding: jax.sharding.Sharding) -> jax.Array:
         if isinstance(value, jax.Array) and value.is_fully_addressable and len(jax.devices()) == 1:
             return jax.device_put(value, sharding)
-        if _is_prng_key(value):
+        if codec.is_prng_key(value):
             return jax.device_put(value, sharding)
         host = np.asarray(value)
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
