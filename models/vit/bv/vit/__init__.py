@@ -8,16 +8,15 @@ from bv.core import registry
 from bv.vit.version import __version__
 from bv.vit.model import (
     VARIANTS,
-    PatchEmbedding,
     VisionTransformer,
     create_model,
     decode_variant,
-    pi_resize_kernel,
     posemb_sincos_2d,
     pyloop_to_scan,
     resample_posemb,
     scan_to_pyloop,
 )
+from bv.vit.patch_embed import PatchEmbedding, pi_resize_kernel
 from bv.vit.pretrained import ViT
 from bv.vit.flexi import FlexiClassificationTask
 

@@ -14,7 +14,7 @@ from bv.core import train
 from bv.core.config import load_config
 from bv.core.tasks import get_task
 from bv.vit import create_model, pi_resize_kernel
-from bv.vit.model import _linear_resize_1d
+from bv.vit.patch_embed import _linear_resize_1d
 
 RNG = np.random.RandomState(0)
 
