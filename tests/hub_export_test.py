@@ -91,10 +91,11 @@ def test_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 
 def test_export_push_uploads_the_folder(run: tuple[Path, Any], tmp_path: Path) -> None:
     import local_hub
+    import local_hub_push
 
     root, _ = run
     repos = tmp_path / "repos"
-    with local_hub.serve_push_endpoint(repos, token="tok") as url, local_hub.use_endpoint(url):
+    with local_hub_push.serve_push_endpoint(repos, token="tok") as url, local_hub.use_endpoint(url):
         os.environ["HF_TOKEN"] = "tok"
         try:
             export.main([str(root / "run"), str(tmp_path / "out"), "--push", "org/vit-mnist"])

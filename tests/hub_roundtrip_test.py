@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import local_hub
+import local_hub_push
 import numpy as np
 import pytest
 
@@ -86,7 +87,7 @@ def test_push_to_hub_then_pull(hub: Any, tmp_path: Path, caplog: pytest.LogCaptu
     model = _model(7, variant="mu/8", pool_type="tok")
     token = "hf_secret_token_that_must_not_leak"
     caplog.set_level(logging.DEBUG)
-    with local_hub.serve_push_endpoint(repos, token=token) as push_url:
+    with local_hub_push.serve_push_endpoint(repos, token=token) as push_url:
         with local_hub.use_endpoint(push_url):
             url = model.push_to_hub("org/pushed", token=token, commit_message="First upload")
             with pytest.raises(Exception, match="401|Invalid credentials"):
@@ -110,8 +111,7 @@ def test_offline_uses_the_cache_and_fails_fast_when_uncached(hub: Any, tmp_path:
     expected = np.asarray(model(_images()))
     np.save(tmp_path / "expected.npy", expected)
     np.save(tmp_path / "images.npy", _images())
-    script = textwrap.dedent(
-        f"""
+    script = textwrap.dedent(f"""
         import time, numpy as np
         from bv.vit import ViT
         from bv.core.hub import SourceError
@@ -124,8 +124,7 @@ def test_offline_uses_the_cache_and_fails_fast_when_uncached(hub: Any, tmp_path:
         except SourceError as e:
             print("ERROR:", e)
         print(f"SECONDS: {{time.perf_counter() - start:.3f}}")
-        """
-    )
+        """)
     # A real HF_HUB_OFFLINE=1 (read at import), and an endpoint where nothing listens.
     env = {
         **os.environ,

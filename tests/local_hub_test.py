@@ -33,6 +33,7 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 import local_hub
+import local_hub_push
 
 TOKEN = "hf_local_test_token_123"
 
@@ -151,7 +152,7 @@ def test_push_then_pull_round_trip_keeps_history(
     for name, data in files.items():
         (folder / name).write_bytes(data)
 
-    with local_hub.serve_push_endpoint(repos_root, token=TOKEN) as push_url:
+    with local_hub_push.serve_push_endpoint(repos_root, token=TOKEN) as push_url:
         api = HfApi(endpoint=push_url, token=TOKEN)
         repo_url = api.create_repo("org/new", exist_ok=True)
         assert repo_url.repo_id == "org/new"
@@ -181,7 +182,7 @@ def test_push_then_pull_round_trip_keeps_history(
 
 def test_push_endpoint_rejects_missing_or_wrong_token(repos_root: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="local_hub")
-    with local_hub.serve_push_endpoint(repos_root, token=TOKEN) as push_url:
+    with local_hub_push.serve_push_endpoint(repos_root, token=TOKEN) as push_url:
         for token in ("wrong-token", False):
             with pytest.raises(HfHubHTTPError) as info:
                 HfApi(endpoint=push_url, token=token).create_repo("org/denied")
@@ -194,7 +195,7 @@ def test_push_endpoint_rejects_missing_or_wrong_token(repos_root: Path, caplog: 
 
 
 def test_push_errors_speak_hub_error_codes(repos_root: Path) -> None:
-    with local_hub.serve_push_endpoint(repos_root) as push_url:
+    with local_hub_push.serve_push_endpoint(repos_root) as push_url:
         api = HfApi(endpoint=push_url, token=False)
         with pytest.raises(RepositoryNotFoundError):
             api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id="org/absent")

@@ -214,6 +214,17 @@ def _parse_choice_n(n: Any) -> tuple[int, int | None]:
     )
 
 
+def _in_out_keys(
+    key: str | Sequence[str] | None, inkey: str | Sequence[str] | None, outkey: str | Sequence[str] | None, op: str
+) -> tuple[list[str], list[str]]:
+    """Pairs of (inkey, outkey) for ops over several keys; an outkey may name its inkey as ``{key}``."""
+    inkeys = _key_list(inkey or key, "key or inkey", op)
+    outkeys = _key_list(outkey or key or inkeys, "outkey", op)
+    if len(outkeys) != len(inkeys):
+        raise ValueError(f"{op}: {len(inkeys)} inkeys {inkeys} but {len(outkeys)} outkeys {outkeys}.")
+    return inkeys, [o.format(key=i) for o, i in zip(outkeys, inkeys)]
+
+
 @pp_ops.register("choice")
 def get_choice(
     n: str | int | Sequence[int] = "single",
@@ -231,11 +242,7 @@ def get_choice(
     may contain ``{key}``, replaced by its inkey (``outkey="{key}_choice"``).
     """
     lo, hi = _parse_choice_n(n)
-    inkeys = _key_list(inkey or key, "key or inkey", "choice")
-    outkeys = _key_list(outkey or key or inkeys, "outkey", "choice")
-    if len(outkeys) != len(inkeys):
-        raise ValueError(f"choice: {len(inkeys)} inkeys {inkeys} but {len(outkeys)} outkeys {outkeys}.")
-    outkeys = [o.format(key=i) for o, i in zip(outkeys, inkeys)]
+    inkeys, outkeys = _in_out_keys(key, inkey, outkey, "choice")
 
     def choice(data: Data) -> Data:
         out = dict(data)
@@ -288,11 +295,7 @@ def get_choice_no_replacement(
     so it needs no state and survives a resume; big_vision instead counts sightings in host
     memory. Keys work as in ``choice``.
     """
-    inkeys = _key_list(inkey or key, "key or inkey", "choice_no_replacement")
-    outkeys = _key_list(outkey or key or inkeys, "outkey", "choice_no_replacement")
-    if len(outkeys) != len(inkeys):
-        raise ValueError(f"choice_no_replacement: {len(inkeys)} inkeys {inkeys} but {len(outkeys)} outkeys {outkeys}.")
-    outkeys = [o.format(key=i) for o, i in zip(outkeys, inkeys)]
+    inkeys, outkeys = _in_out_keys(key, inkey, outkey, "choice_no_replacement")
 
     def choice_no_replacement(data: Data) -> Data:
         missing = [k for k in ("_id", "_epoch") if k not in data]
