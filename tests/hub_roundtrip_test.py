@@ -111,7 +111,8 @@ def test_offline_uses_the_cache_and_fails_fast_when_uncached(hub: Any, tmp_path:
     expected = np.asarray(model(_images()))
     np.save(tmp_path / "expected.npy", expected)
     np.save(tmp_path / "images.npy", _images())
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent(
+        f"""
         import time, numpy as np
         from bv.vit import ViT
         from bv.core.hub import SourceError
@@ -124,7 +125,8 @@ def test_offline_uses_the_cache_and_fails_fast_when_uncached(hub: Any, tmp_path:
         except SourceError as e:
             print("ERROR:", e)
         print(f"SECONDS: {{time.perf_counter() - start:.3f}}")
-        """)
+        """
+    )
     # A real HF_HUB_OFFLINE=1 (read at import), and an endpoint where nothing listens.
     env = {
         **os.environ,
