@@ -1,6 +1,6 @@
-"""Pieces every timm conversion shares: state-dict reading, Dense/LayerNorm/MLP layouts, timm configs.
+"""Pieces every timm conversion shares: state-dict reading, Dense/LayerNorm/MLP layouts, timm configs and folders.
 
-Pure numpy: nothing here imports torch or timm, so the model packages convert weights
+Nothing here imports torch or timm, so the model packages convert weights
 without them. A Flax ``Dense`` kernel is ``[in, out]`` and a torch ``Linear`` weight is
 ``[out, in]``; a Flax ``LayerNorm`` has ``scale``/``bias`` where torch has ``weight``/``bias``;
 a big_vision MLP block holds ``Dense_0``/``Dense_1`` where timm's ``Mlp`` holds ``fc1``/``fc2``.
@@ -8,11 +8,18 @@ a big_vision MLP block holds ``Dense_0``/``Dense_1`` where timm's ``Mlp`` holds 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import re
-from typing import Any, Mapping
+import tempfile
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+import safetensors.numpy
+
+from bv.core.hub.config import ConfigFormatError, HubConfig
+from bv.core.hub.weights import WEIGHTS_FILE
 
 # Resize methods of bv's ``resize_small`` that match timm's interpolation names.
 _RESIZE_METHODS = ("bilinear", "bicubic", "nearest", "area")
@@ -121,8 +128,8 @@ def eval_pp(pre: Mapping[str, Any], resolution: int) -> str:
     packages' ``timm_preprocessing`` give them. timm resizes the short side to
     ``floor(resolution / crop_pct)``.
     """
-    crop_pct = float(pre.get("crop_pct") or 0.875)
-    small = int(math.floor(resolution / crop_pct))
+    pct = float(pre.get("crop_pct") or 0.875)
+    small = int(math.floor(resolution / pct))
     method = str(pre.get("interpolation", "bicubic"))
     method = method if method in _RESIZE_METHODS else "bilinear"
     mean = tuple(round(float(m) * 255, 4) for m in pre.get("mean", (0.5, 0.5, 0.5)))
@@ -140,3 +147,51 @@ def crop_pct(pp: str, resolution: int) -> float:
     if m and f"central_crop({resolution})" in pp:
         return round(resolution / int(m[1]), 4)
     return 0.875
+
+
+# --------------------------------------------------------------------------- timm folders
+
+
+def hub_config_from_timm(
+    model_name: str, kwargs: dict[str, Any], timm_config: Mapping[str, Any], preprocessing: Mapping[str, Any]
+) -> HubConfig:
+    """The bv ``HubConfig`` of a timm folder, from the model kwargs a package read out of its ``config.json``.
+
+    Pops ``image_size``, ``num_classes`` and ``channels`` (default 3) from ``kwargs``; the rest
+    are the model's fields. ``preprocessing`` is the package's ``timm_preprocessing`` of the config.
+    """
+    height, width = kwargs.pop("image_size")
+    if height != width:
+        raise ConfigFormatError(f"bv models take square images; this timm model takes {height}x{width}.")
+    num_classes = kwargs.pop("num_classes", None)
+    channels = kwargs.pop("channels", 3)
+    labels = timm_config.get("label_names") or (timm_config.get("pretrained_cfg") or {}).get("label_names")
+    return HubConfig(
+        model_name=model_name,
+        model=kwargs,
+        num_classes=num_classes or None,
+        resolution=int(height),
+        channels=channels,
+        pp=eval_pp(preprocessing, int(height)),
+        labels=list(labels) if labels else None,
+        extra={"converted_from": f"timm {timm_config.get('architecture')}"},
+    )
+
+
+def write_timm_folder(
+    folder: str, config: dict[str, Any], state: Mapping[str, np.ndarray], labels: Sequence[str] | None = None
+) -> None:
+    """Writes ``config.json`` (with ``label_names`` when given) and ``model.safetensors`` as timm reads a folder.
+
+    Both files are written into a temporary folder inside ``folder`` and moved in only when complete.
+    """
+    if labels:
+        config = {**config, "label_names": list(labels)}
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bv-save-", dir=folder) as tmp:
+        arrays = {k: np.ascontiguousarray(v) for k, v in state.items()}
+        safetensors.numpy.save_file(arrays, os.path.join(tmp, WEIGHTS_FILE))
+        with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2)
+        for name in (WEIGHTS_FILE, "config.json"):
+            os.replace(os.path.join(tmp, name), os.path.join(folder, name))

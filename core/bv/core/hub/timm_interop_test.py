@@ -54,3 +54,26 @@ def test_timm_configs() -> None:
     pp = ti.eval_pp(half, 224)
     assert pp == "decode|resize_small(256, method='bilinear')|central_crop(224)|value_range(-1, 1)"
     assert ti.crop_pct(pp, 224) == 0.875 and ti.crop_pct("decode|resize(224)", 224) == 0.875
+
+
+def test_timm_folders(tmp_path) -> None:
+    import json
+
+    import safetensors.numpy
+
+    from bv.core.hub.config import ConfigFormatError
+
+    timm_config = {"architecture": "x_net", "pretrained_cfg": None, "label_names": ["a", "b"]}
+    kwargs = {"image_size": (32, 32), "num_classes": 2, "depth": 3}
+    config = ti.hub_config_from_timm("x", kwargs, timm_config, {"crop_pct": 1.0})
+    assert (config.resolution, config.channels, config.num_classes, config.labels) == (32, 3, 2, ["a", "b"])
+    assert config.model == {"depth": 3} and config.extra["converted_from"] == "timm x_net"
+    with pytest.raises(ConfigFormatError, match="square images; this timm model takes 32x16"):
+        ti.hub_config_from_timm("x", {"image_size": (32, 16)}, timm_config, {})
+    state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3).T}  # not C-contiguous
+    ti.write_timm_folder(str(tmp_path / "out"), {"architecture": "x_net"}, state, ["a", "b"])
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["label_names"] == ["a", "b"]
+    np.testing.assert_array_equal(
+        safetensors.numpy.load_file(str(tmp_path / "out" / "model.safetensors"))["w"], state["w"]
+    )
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]

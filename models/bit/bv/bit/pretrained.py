@@ -13,10 +13,7 @@ the input size the config records.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,10 +22,9 @@ import numpy as np
 from bv.bit import big_vision_npz
 from bv.bit.model import block_sizes
 from bv.bit.version import __version__
-from bv.core.hub.timm_interop import crop_pct, eval_pp
+from bv.core.hub.timm_interop import crop_pct, hub_config_from_timm, write_timm_folder
 from bv.core.hub import ConfigFormatError, HubConfig, PretrainedModel
 from bv.core.hub.npz import save_npz
-from bv.core.hub.weights import WEIGHTS_FILE
 
 Params = Any
 
@@ -141,23 +137,8 @@ class BiTPaper(PretrainedModel, tags=["bit", "resnet", "resnetv2", "image-classi
                 f"The timm weights have {list(found)} units per stage, but {timm_config['architecture']} has "
                 f"{list(block_sizes(kwargs['depth']))}."
             )
-        height, width = kwargs.pop("image_size")
-        if height != width:
-            raise ConfigFormatError(f"bv models take square images; this timm model takes {height}x{width}.")
-        num_classes = kwargs.pop("num_classes") or None
-        channels = kwargs.pop("channels")
-        labels = timm_config.get("label_names") or (timm_config.get("pretrained_cfg") or {}).get("label_names")
-        config = HubConfig(
-            model_name=cls.model_name,
-            model=kwargs,
-            num_classes=num_classes,
-            resolution=int(height),
-            channels=channels,
-            pp=eval_pp(timm_convert.timm_preprocessing(timm_config), int(height)),
-            labels=list(labels) if labels else None,
-            extra={"converted_from": f"timm {timm_config.get('architecture')}"},
-        )
-        return config, params
+        pre = timm_convert.timm_preprocessing(timm_config)
+        return hub_config_from_timm(cls.model_name, kwargs, timm_config, pre), params
 
     def timm_state_dict(self, *, exact: bool = True) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
         """``(architecture, timm.create_model kwargs, state dict as numpy arrays)`` for this model in timm.
@@ -179,8 +160,6 @@ class BiTPaper(PretrainedModel, tags=["bit", "resnet", "resnetv2", "image-classi
 
         The folder records BiT's input normalisation (mean = std = 0.5, i.e. ``value_range(-1, 1)``).
         """
-        import safetensors.numpy
-
         arch, create_kwargs, state = self.timm_state_dict(exact=exact)
         num_classes = self.config.num_classes or 0
         width = int(self.module_kwargs()["width"])
@@ -202,15 +181,7 @@ class BiTPaper(PretrainedModel, tags=["bit", "resnet", "resnetv2", "image-classi
                 "classifier": "head.fc",
             },
         }
-        if self.config.labels:
-            config["label_names"] = list(self.config.labels)
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".bv-save-", dir=folder) as tmp:
-            safetensors.numpy.save_file(state, os.path.join(tmp, WEIGHTS_FILE))
-            with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-                json.dump(config, f, indent=2)
-            for name in (WEIGHTS_FILE, "config.json"):
-                os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+        write_timm_folder(folder, config, state, self.config.labels)
 
 
 def _to_numpy(tree: Any) -> Any:

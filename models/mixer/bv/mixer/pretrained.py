@@ -12,18 +12,14 @@ loaded at another resolution: ``resolution`` overrides must keep the patch count
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from bv.core.hub.timm_interop import eval_pp
+from bv.core.hub.timm_interop import hub_config_from_timm, write_timm_folder
 from bv.core.hub import ConfigFormatError, HubConfig, PretrainedModel
 from bv.core.hub.npz import save_npz
-from bv.core.hub.weights import WEIGHTS_FILE
 from bv.mixer import big_vision_npz
 from bv.mixer.model import VARIANTS, decode_variant
 from bv.mixer.version import __version__
@@ -55,23 +51,8 @@ class Mixer(PretrainedModel, tags=["mlp-mixer", "image-classification"]):
             params = timm_convert.timm_to_params(dict(weights))
         except ValueError as e:
             raise ConfigFormatError(str(e)) from e
-        height, width = kwargs.pop("image_size")
-        if height != width:
-            raise ConfigFormatError(f"bv models take square images; this timm Mixer takes {height}x{width}.")
-        channels = kwargs.pop("channels")
-        num_classes = kwargs.pop("num_classes", None)
-        labels = timm_config.get("label_names") or timm_config.get("pretrained_cfg", {}).get("label_names")
-        config = HubConfig(
-            model_name=cls.model_name,
-            model=kwargs,
-            num_classes=num_classes or None,
-            resolution=int(height),
-            channels=channels,
-            pp=eval_pp(timm_convert.timm_preprocessing(dict(timm_config)), int(height)),
-            labels=list(labels) if labels else None,
-            extra={"converted_from": f"timm {timm_config.get('architecture')}"},
-        )
-        return config, params
+        pre = timm_convert.timm_preprocessing(dict(timm_config))
+        return hub_config_from_timm(cls.model_name, kwargs, timm_config, pre), params
 
     def timm_state_dict(self) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
         """``(architecture, timm.create_model kwargs, state dict as numpy arrays)`` for this model in timm.
@@ -96,8 +77,6 @@ class Mixer(PretrainedModel, tags=["mlp-mixer", "image-classification"]):
         ``allow_gelu_mismatch``: timm then computes the exact GELU (logits differ slightly), unless
         the folder is loaded with ``act_layer=timm.layers.get_act_layer("gelu_tanh")``.
         """
-        import safetensors.numpy
-
         arch, create_kwargs, state = self.timm_state_dict()
         if create_kwargs.pop("act_layer", None) is not None and not allow_gelu_mismatch:
             raise ValueError(
@@ -119,15 +98,7 @@ class Mixer(PretrainedModel, tags=["mlp-mixer", "image-classification"]):
                 "num_classes": num_classes,
             },
         }
-        if self.config.labels:
-            config["label_names"] = list(self.config.labels)
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".bv-save-", dir=folder) as tmp:
-            safetensors.numpy.save_file(state, os.path.join(tmp, WEIGHTS_FILE))
-            with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-                json.dump(_jsonable(config), f, indent=2)
-            for name in (WEIGHTS_FILE, "config.json"):
-                os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+        write_timm_folder(folder, config, state, self.config.labels)
 
     # ---- big_vision .npz ----------------------------------------------------------------------
 
@@ -187,14 +158,6 @@ def _model_kwargs(inferred: Mapping[str, Any]) -> dict[str, Any]:
     if name is not None and ph == pw:
         return {"variant": f"{name}/{ph}"}
     return {**{k: inferred[k] for k in _SIZE_KEYS}, "patch_size": [ph, pw]}
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _to_numpy(tree: Any) -> Any:

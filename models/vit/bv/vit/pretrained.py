@@ -13,18 +13,14 @@ and load.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from bv.core.hub.timm_interop import eval_pp
+from bv.core.hub.timm_interop import hub_config_from_timm, write_timm_folder
 from bv.core.hub import ConfigFormatError, HubConfig, PretrainedModel
-from bv.core.hub.weights import WEIGHTS_FILE
 from bv.vit import big_vision_npz
 from bv.vit.model import decode_variant, pyloop_to_scan, resample_posemb, scan_to_pyloop
 from bv.vit.version import __version__
@@ -71,24 +67,10 @@ class ViT(PretrainedModel, tags=["vit", "image-classification"]):
         from bv.vit import timm_convert  # only needed for timm folders
 
         kwargs = dict(timm_convert.vit_kwargs_from_timm_config(dict(timm_config)))
-        height, width = kwargs.pop("image_size")
-        if height != width:
-            raise ConfigFormatError(f"bv models take square images; this timm model takes {height}x{width}.")
-        num_classes = kwargs.pop("num_classes", None)
+        pre = timm_convert.timm_preprocessing(dict(timm_config))
+        config = hub_config_from_timm(cls.model_name, kwargs, timm_config, pre)
         num_heads = kwargs.get("num_heads") or decode_variant(kwargs["variant"])["num_heads"]
         params = timm_convert.timm_to_params(dict(weights), num_heads=num_heads)
-        pre = timm_convert.timm_preprocessing(dict(timm_config))
-        resolution = int(height)
-        labels = timm_config.get("label_names") or timm_config.get("pretrained_cfg", {}).get("label_names")
-        config = HubConfig(
-            model_name=cls.model_name,
-            model=kwargs,
-            num_classes=num_classes or None,
-            resolution=resolution,
-            pp=eval_pp(pre, resolution),
-            labels=list(labels) if labels else None,
-            extra={"converted_from": f"timm {timm_config.get('architecture')}"},
-        )
         return config, params
 
     def timm_state_dict(self) -> tuple[str, dict[str, Any], dict[str, np.ndarray]]:
@@ -106,10 +88,7 @@ class ViT(PretrainedModel, tags=["vit", "image-classification"]):
 
     def save_timm(self, folder: str) -> None:
         """Writes a folder timm loads (``config.json`` with ``architecture`` and ``model_args``, ``model.safetensors``)."""
-        import safetensors.numpy
-
         arch, create_kwargs, state = self.timm_state_dict()
-        os.makedirs(folder, exist_ok=True)
         config = {
             "architecture": arch,
             "num_classes": self.config.num_classes or 0,
@@ -121,16 +100,7 @@ class ViT(PretrainedModel, tags=["vit", "image-classification"]):
                 "num_classes": self.config.num_classes or 0,
             },
         }
-        if self.config.labels:
-            config["label_names"] = list(self.config.labels)
-        with tempfile.TemporaryDirectory(prefix=".bv-save-", dir=folder) as tmp:
-            safetensors.numpy.save_file(
-                {k: np.ascontiguousarray(v) for k, v in state.items()}, os.path.join(tmp, WEIGHTS_FILE)
-            )
-            with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
-                json.dump(config, f, indent=2)
-            for name in (WEIGHTS_FILE, "config.json"):
-                os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+        write_timm_folder(folder, config, state, self.config.labels)
 
     # ---- big_vision .npz ----------------------------------------------------------------------
 
