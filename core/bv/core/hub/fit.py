@@ -44,12 +44,11 @@ def fit_params(
     Leaves matching a ``dont_load`` regex keep the target's value. Loaded values are cast to the
     target leaf's dtype. Raises :class:`ParamsMismatchError` listing missing, misshapen and unused names.
     """
-    skip = [re.compile(p) for p in dont_load]
     problems: list[str] = []
     used: set[str] = set()
 
     def pick(name: str, fresh: Any) -> Any:
-        if any(p.fullmatch(name) for p in skip):
+        if matches_any(name, dont_load):
             return fresh
         if name not in loaded:
             problems.append(f"missing: {name} {tuple(fresh.shape)}")
@@ -66,7 +65,7 @@ def fit_params(
         return jax.numpy.asarray(value, dtype=fresh.dtype)
 
     params = map_with_names(pick, target)
-    unused = [n for n in loaded if n not in used and not any(p.fullmatch(n) for p in skip)]
+    unused = [n for n in loaded if n not in used and not matches_any(n, dont_load)]
     problems += [f"not in the model: {n}" for n in unused]
     if problems:
         listed = "\n  ".join(problems[:12]) + (f"\n  ... and {len(problems) - 12} more" if len(problems) > 12 else "")
