@@ -15,19 +15,13 @@ import tensorflow as tf
 
 from bv.core.registry import pp_ops
 from bv.core.tree import flatten_with_names
-from bv.pp.utils import Data, PPOp, inkey_outkey, next_seed
+from bv.pp.utils import Data, PPOp, inkey_outkey, next_seed, require
 
 TensorFn = Callable[[tf.Tensor], tf.Tensor]
 
 CLIP_MEAN = (0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255)
 CLIP_STD = (0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255)
 PAD_WHERE = ("after", "before", "both")
-
-
-def _require(data: Data, key: str, op: str) -> Any:
-    if key not in data:
-        raise KeyError(f"pp op {op} reads data[{key!r}], but the data only has keys {sorted(data)}.")
-    return data[key]
 
 
 def _key_list(keys: str | Sequence[str] | None, what: str, op: str) -> list[str]:
@@ -149,7 +143,7 @@ def get_concat(inkeys: Sequence[str], outkey: str | None = None, axis: int = -1)
     out_key = outkey or keys[0]
 
     def concat(data: Data) -> Data:
-        parts = [_require(data, k, "concat") for k in keys]
+        parts = [require(data, k, "concat") for k in keys]
         return {**data, out_key: tf.concat(parts, axis)}
 
     return concat
@@ -246,7 +240,7 @@ def get_choice(
 
     def choice(data: Data) -> Data:
         out = dict(data)
-        values = [tf.convert_to_tensor(_require(out, k, "choice")) for k in inkeys]
+        values = [tf.convert_to_tensor(require(out, k, "choice")) for k in inkeys]
         count = tf.shape(values[0], out_type=tf.int32)[0]
         checks = [
             tf.debugging.assert_equal(tf.shape(v, out_type=tf.int32)[0], count, message=f"choice: {k} length differs")
@@ -305,7 +299,7 @@ def get_choice_no_replacement(
                 f"the data has no {', '.join(missing)}."
             )
         out = dict(data)
-        values = [tf.convert_to_tensor(_require(out, k, "choice_no_replacement")) for k in inkeys]
+        values = [tf.convert_to_tensor(require(out, k, "choice_no_replacement")) for k in inkeys]
         count = tf.shape(values[0], out_type=tf.int64)[0]
         checks = [tf.debugging.assert_positive(count, message="choice_no_replacement: no entries to pick from")]
         checks += [

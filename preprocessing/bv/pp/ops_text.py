@@ -16,16 +16,10 @@ import tensorflow as tf
 
 from bv.core.registry import pp_ops
 from bv.pp.tokenizers import Tokenizer, get_tokenizer
-from bv.pp.utils import Data, PPOp, inkey_outkey
+from bv.pp.utils import Data, PPOp, inkey_outkey, require
 
 EOS_MODES = ("none", "yes", "sticky")
 DEFAULT_SP_MODEL = "c4_en"
-
-
-def _require(data: Data, key: str, op: str) -> Any:
-    if key not in data:
-        raise KeyError(f"pp op {op} reads data[{key!r}], but the data only has keys {sorted(data)}.")
-    return data[key]
 
 
 def resolve_tokenizer(model: str | None = None, tokenizer: str | None = None) -> Tokenizer:
@@ -181,7 +175,7 @@ def get_strfmt(template: str, outkey: str = "text") -> PPOp:
             if literal:
                 pieces.append(tf.constant(literal))
             if field is not None:
-                value = tf.convert_to_tensor(_require(data, field, "strfmt"))
+                value = tf.convert_to_tensor(require(data, field, "strfmt"))
                 if value.dtype != tf.string:
                     value = tf.strings.format("{}", value, summarize=-1)
                 pieces.append(value)
@@ -206,7 +200,7 @@ def get_coco_captions(outkey: str = "captions") -> PPOp:
     """Moves COCO's nested ``data["captions"]["text"]`` (all captions of an image) to ``data[outkey]``."""
 
     def coco_captions(data: Data) -> Data:
-        captions = _require(data, "captions", "coco_captions")
+        captions = require(data, "captions", "coco_captions")
         if not isinstance(captions, dict) or "text" not in captions:
             raise KeyError(
                 "coco_captions expects data['captions'] to be a dict with a 'text' entry, as in TFDS coco_captions."

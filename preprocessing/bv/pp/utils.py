@@ -23,6 +23,13 @@ RNG_KEY = "_rng"
 """The data key holding an example's shape-[2] int32/int64 seed, added by the input pipeline."""
 
 
+def require(data: Data, key: str, op: str) -> Any:
+    """``data[key]``, or a KeyError that names the op and the keys the data has."""
+    if key not in data:
+        raise KeyError(f"pp op {op} reads data[{key!r}], but the data only has keys {sorted(data)}.")
+    return data[key]
+
+
 def next_seed(data: Data) -> tf.Tensor | None:
     """Takes a fresh stateless seed from ``data["_rng"]`` and advances that entry in place.
 
