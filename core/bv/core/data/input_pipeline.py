@@ -183,12 +183,19 @@ def example_rng(key: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
     return tf.random.stateless_uniform([2], seed=seed, dtype=tf.int64, minval=None, maxval=None, alg="philox")
 
 
-def _with_rng(preprocess_fn: PreprocessFn, key: tf.Tensor) -> Callable[[tf.Tensor, dict[str, tf.Tensor]], Any]:
-    """Wraps ``preprocess_fn`` to see ``_rng`` for (index, example) pairs and to drop it after."""
+def _with_rng(
+    preprocess_fn: PreprocessFn, key: tf.Tensor, epoch_size: int | None = None
+) -> Callable[[tf.Tensor, dict[str, tf.Tensor]], Any]:
+    """Wraps ``preprocess_fn`` to see ``_rng`` and ``_epoch`` for (index, example) pairs and to drop them after.
+
+    ``_epoch`` is ``index // epoch_size`` (the passes over the split before this one), or 0
+    without ``epoch_size`` (evaluation).
+    """
 
     def fn(index: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         example = dict(example)
         example["_rng"] = example_rng(key, index)
+        example["_epoch"] = tf.cast(index // epoch_size if epoch_size else 0, tf.int64)
         result = preprocess_fn(example)
         if not isinstance(result, Mapping):
             raise TypeError(f"preprocess_fn must return a dict of tensors, got {type(result).__name__}.")
@@ -256,7 +263,7 @@ def make_for_train(
     local_batch_size = _local_batch_size(batch_size, process_count)
     plan = stream_plan(start_index, batch_size, process_index, process_count, host_invariant)
     shuffle_key, example_key = _keys(seed, plan.key_host)
-    ds = indexed_examples(
+    ds, epoch_size = indexed_examples(
         builder,
         split,
         plan,
@@ -268,7 +275,8 @@ def make_for_train(
     )
     if plan.filters:
         ds = ds.filter(_owned_by(process_index, batch_size, local_batch_size))
-    ds = ds.map(_with_rng(preprocess_fn, example_key), num_parallel_calls=num_parallel_calls, deterministic=True)
+    pp = _with_rng(preprocess_fn, example_key, epoch_size)
+    ds = ds.map(pp, num_parallel_calls=num_parallel_calls, deterministic=True)
     return batch_for_train(ds, local_batch_size, prefetch)
 
 
@@ -320,11 +328,11 @@ def indexed_examples(
     start: int,
     cache_raw: bool,
     skip_decode: Sequence[str],
-) -> tf.data.Dataset:
-    """The endless (index, raw example) stream of ``split`` for ``plan``'s host, from index ``start``.
+) -> tuple[tf.data.Dataset, int]:
+    """The endless (index, raw example) stream of ``split`` for ``plan``'s host from index ``start``, and its epoch size.
 
     Each epoch is shuffled with a seed from ``(shuffle_key, epoch)``; whole epochs before
-    ``start`` are skipped without reading them.
+    ``start`` are skipped without reading them. Index ``i`` is in epoch ``i // epoch size``.
     """
     split_to_read = plan.split_to_read(split)
     epoch_size = num_examples(builder, split_to_read)
@@ -337,18 +345,16 @@ def indexed_examples(
         raw = raw.cache()
 
     def epoch(e: tf.Tensor) -> tf.data.Dataset:
-        # ``_epoch`` tells pp ops how often this example was seen before (``choice_no_replacement``).
-        ds = raw
-        if shuffle_buffer_size:
-            epoch_seed = tf.random.stateless_uniform(
-                [], seed=tf.stack([shuffle_key, e]), dtype=tf.int64, minval=None, maxval=None, alg="philox"
-            )
-            ds = raw.shuffle(shuffle_buffer_size, seed=epoch_seed, reshuffle_each_iteration=False)
-        return ds.map(lambda example: {**example, "_epoch": e})
+        if not shuffle_buffer_size:
+            return raw
+        epoch_seed = tf.random.stateless_uniform(
+            [], seed=tf.stack([shuffle_key, e]), dtype=tf.int64, minval=None, maxval=None, alg="philox"
+        )
+        return raw.shuffle(shuffle_buffer_size, seed=epoch_seed, reshuffle_each_iteration=False)
 
     first_epoch, offset = divmod(start, epoch_size)
     ds = tf.data.Dataset.counter(first_epoch).flat_map(epoch)
-    return ds.skip(offset).enumerate(start=start)
+    return ds.skip(offset).enumerate(start=start), epoch_size
 
 
 def batch_for_train(ds: tf.data.Dataset, local_batch_size: int, prefetch: int) -> tf.data.Dataset:
@@ -412,7 +418,7 @@ def make_for_eval(
     wrapped = _with_rng(preprocess_fn, example_key)
 
     def pp(index: tf.Tensor, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        result = wrapped(index, {**example, "_epoch": tf.constant(0, tf.int64)})
+        result = wrapped(index, example)
         result.setdefault("_mask", tf.constant(True))
         if "_id" in example:
             result.setdefault("_id", example["_id"])

@@ -144,7 +144,7 @@ def make_mixture_for_train(
     streams = []
     for k, source in enumerate(sources):
         shuffle_key, example_key = input_pipeline._keys(seed, plan.key_host, k + 1)
-        examples = input_pipeline.indexed_examples(
+        examples, epoch_size = input_pipeline.indexed_examples(
             source.builder,
             source.split,
             plan,
@@ -154,7 +154,7 @@ def make_mixture_for_train(
             cache_raw=cache_raw,
             skip_decode=skip_decode,
         )
-        pp = input_pipeline._with_rng(source.preprocess_fn, example_key)
+        pp = input_pipeline._with_rng(source.preprocess_fn, example_key, epoch_size)
         streams.append(examples.map(pp, num_parallel_calls=num_parallel_calls, deterministic=True))
     _check_same_outputs(sources, streams)
 
