@@ -7,7 +7,7 @@ freezing, lr and weight-decay multipliers, sharding and checkpoint matching.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 
@@ -41,3 +41,23 @@ def first_match(name: str, rules: Sequence[tuple[str, Any]], default: Any = None
         if re.fullmatch(pattern, name):
             return value
     return default
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dicts from ``/``-joined leaf names (the inverse of :func:`flatten_with_names` for dicts).
+
+    A name that is both a leaf and a group (``"a"`` and ``"a/b"``) is a ``ValueError``.
+    """
+    out: dict[str, Any] = {}
+    for name, value in flat.items():
+        parts = name.split("/")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"{'/'.join(parts[: i + 1])!r} is both an array and a prefix of {name!r}.")
+            node = child
+        if parts[-1] in node:
+            raise ValueError(f"{name!r} is both an array and a prefix of other names.")
+        node[parts[-1]] = value
+    return out

@@ -35,7 +35,7 @@ from bv.core.hub.card import Metric, make_card
 from bv.core.hub.config import CONFIG_FILE, ConfigFormatError, HubConfig, read_json, write_config
 from bv.core.hub.fit import fit_params, matches_any
 from bv.core.hub.weights import DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, WEIGHTS_FILE, read_weights, write_weights
-from bv.core.tree import flatten_with_names, map_with_names
+from bv.core.tree import flatten_with_names, map_with_names, unflatten
 
 Params = Any
 T = TypeVar("T", bound="PretrainedModel")
@@ -442,19 +442,10 @@ def _is_weights_file(name: str) -> bool:
 
 
 def _unflatten(flat: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, value in flat.items():
-        *parents, last = name.split("/")
-        node = out
-        for key in parents:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                raise ConfigFormatError(f"The weights name both an array and a group {key!r} ({name}).")
-            node = child
-        if last in node:
-            raise ConfigFormatError(f"The weights name {name!r} twice.")
-        node[last] = value
-    return out
+    try:
+        return unflatten(flat)
+    except ValueError as e:
+        raise ConfigFormatError(f"The weights' names do not form a tree: {e}") from None
 
 
 def load_model(source: str, **kwargs: Any) -> PretrainedModel:

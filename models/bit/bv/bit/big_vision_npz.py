@@ -21,6 +21,7 @@ import numpy as np
 
 from bv.bit.model import depth_name
 from bv.core.hub.npz import WRAPPERS, flat_leaves
+from bv.core.tree import unflatten
 
 __all__ = ["infer_kwargs", "params_from_big_vision", "params_to_big_vision"]
 
@@ -28,17 +29,6 @@ _UNIT_RE = re.compile(r"^block(\d+)/unit(\d+)/")
 _TF_CONV_RE = re.compile(r"/standardized_conv2d_\d+/")
 _SHOW = 5
 _GN_TF = {"gamma": "scale", "beta": "bias"}  # TF GroupNorm names -> flax
-
-
-def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, value in flat.items():
-        *parents, last = name.split("/")
-        node = tree
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    return tree
 
 
 def _unwrap(flat: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +98,7 @@ def params_from_big_vision(flat: Mapping[str, Any], *, paper: bool) -> dict[str,
             channels = value.shape[-1]
             value = value.reshape((1, 1, 1, channels) if paper else (channels,))
         fixed[name] = value
-    return _unflatten(fixed)
+    return unflatten(fixed)
 
 
 def params_to_big_vision(params: Mapping[str, Any]) -> dict[str, np.ndarray]:

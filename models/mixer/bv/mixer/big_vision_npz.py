@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from bv.core.hub.npz import WRAPPERS, flat_leaves
+from bv.core.tree import unflatten
 
 __all__ = ["infer_mixer_kwargs", "mixer_params_from_big_vision", "mixer_params_to_big_vision"]
 
@@ -69,22 +70,11 @@ def _check_names(names: set[str]) -> int:
     return depth
 
 
-def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, value in flat.items():
-        *parents, last = name.split("/")
-        node = tree
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    return tree
-
-
 def mixer_params_from_big_vision(flat: Mapping[str, Any]) -> dict[str, Any]:
     """A big_vision Mixer checkpoint (flat ``/``-joined names or nested) -> nested bv params, dtypes kept."""
     names = _unwrap(flat_leaves(dict(flat)))
     _check_names(set(names))
-    return _nest({n: np.asarray(v) for n, v in names.items()})
+    return unflatten({n: np.asarray(v) for n, v in names.items()})
 
 
 def mixer_params_to_big_vision(params: Mapping[str, Any]) -> dict[str, np.ndarray]:

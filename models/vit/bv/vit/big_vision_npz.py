@@ -31,7 +31,7 @@ import ml_dtypes
 import numpy as np
 
 from bv.core.hub.npz import WRAPPERS, flat_leaves, load_npz, save_npz, split_npz_path
-from bv.core.tree import flatten_with_names
+from bv.core.tree import flatten_with_names, unflatten
 from bv.vit.model import scan_to_pyloop
 
 __all__ = [
@@ -57,22 +57,6 @@ def _as_array(value: Any) -> np.ndarray:
     """A numpy array, with bfloat16 stored as 2-byte void (a raw ``np.load``) viewed back as bfloat16."""
     array = np.asarray(value)
     return array.view(_BF16) if array.dtype == _VOID2 else array
-
-
-def _unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, value in flat.items():
-        parts = name.split("/")
-        node = tree
-        for i, part in enumerate(parts[:-1]):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"{'/'.join(parts[: i + 1])!r} is both an array and a prefix of {name!r}.")
-            node = child
-        if parts[-1] in node:
-            raise ValueError(f"{name!r} is both an array and a prefix of other names.")
-        node[parts[-1]] = value
-    return tree
 
 
 def _as_flat(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -230,7 +214,7 @@ def vit_params_from_big_vision(flat: Mapping[str, Any]) -> dict[str, Any]:
     an error.
     """
     names = _unwrap(_as_flat(flat))
-    tree = _unflatten({name: _as_array(value) for name, value in names.items()})
+    tree = unflatten({name: _as_array(value) for name, value in names.items()})
     tree = _renumber_pre_linen(tree)
     old_layout = _move_posemb(tree)
     if "probe" in tree:  # a MAP head inlined at the top level (ViT-G development checkpoints)
@@ -257,7 +241,7 @@ def vit_params_to_big_vision(params: Mapping[str, Any]) -> dict[str, np.ndarray]
     flat = _as_flat(params)
     if all(n.startswith("params/") for n in flat):
         flat = {n[len("params/") :]: v for n, v in flat.items()}
-    tree = _unflatten(flat)
+    tree = unflatten(flat)
     if isinstance(tree.get("Transformer"), dict) and "encoderblock" in tree["Transformer"]:
         tree = scan_to_pyloop(tree)
     out = {name: np.asarray(leaf) for name, leaf in flatten_with_names(tree)}
