@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -9,7 +11,7 @@ from bv.core.tree import flatten_with_names, unflatten
 
 
 def test_unflatten_inverts_flatten_with_names() -> None:
-    nested = {"a": {"b": np.zeros(2), "c": {"d": np.ones(1)}}, "e": np.arange(3)}
+    nested: dict[str, Any] = {"a": {"b": np.zeros(2), "c": {"d": np.ones(1)}}, "e": np.arange(3)}
     flat = dict(flatten_with_names(nested))
     assert sorted(flat) == ["a/b", "a/c/d", "e"]
     back = unflatten(flat)
