@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from bv.core import checkpoint, train
 from bv.core.config import load_config
 from bv.core.optimizers import make_optimizer
+from bv.core.run_plan import resolve_schedule
 from bv.core.tasks import get_task
 
 
@@ -55,7 +56,7 @@ def test_full_size_config_builds_its_model_and_optimizer(
     params = jax.eval_shape(task.init, jax.random.PRNGKey(0), {"image": jax.ShapeDtypeStruct((2, *shape), "float32")})
     assert params["head"]["kernel"].shape == (params["stem"]["kernel"].shape[-1], config.num_classes)
     assert len([k for k in params if k.startswith("MixerBlock_")]) == blocks
-    train.resolve_schedule_durations(config, data_size=100_000, batch_size=batch, total=100_000)
-    tx, schedules = make_optimizer(config, params, total_steps=100_000)
+    schedule = resolve_schedule(config.get("schedule"), data_size=100_000, batch_size=batch, total_steps=100_000)
+    tx, schedules = make_optimizer(config, params, total_steps=100_000, schedule=schedule)
     assert schedules and schedules[0][0] == "lr"
     jax.eval_shape(tx.init, params)

@@ -17,6 +17,7 @@ import tensorflow_datasets as tfds
 from bv.core import checkpoint, train
 from bv.core.config import load_config
 from bv.core.optimizers import make_optimizer
+from bv.core.run_plan import resolve_schedule
 from bv.core.tasks import get_task
 
 
@@ -61,8 +62,8 @@ def test_full_size_configs_build_their_model_and_optimizer(spec: str, num_classe
     batch = {"image": jax.ShapeDtypeStruct((2, size, size, 1 if "mnist" in spec else 3), "float32")}
     params = jax.eval_shape(task.init, jax.random.PRNGKey(0), batch)
     assert params["head"]["kernel"].shape[-1] == num_classes
-    train.resolve_schedule_durations(config, data_size=1_000_000, batch_size=1024, total=100_000)
-    tx, schedules = make_optimizer(config, params, total_steps=100_000)
+    schedule = resolve_schedule(config.get("schedule"), data_size=1_000_000, batch_size=1024, total_steps=100_000)
+    tx, schedules = make_optimizer(config, params, total_steps=100_000, schedule=schedule)
     assert schedules and schedules[0][0] == "lr"
     jax.eval_shape(tx.init, params)
 

@@ -112,10 +112,13 @@ def build_model(workdir: str, *, checkpoint_path: str | None = None) -> tuple[An
     if ckpt is None:
         raise ExportError(f"{workdir} has no complete checkpoint to export.")
     name = config.get("model_name")
-    registry.import_model_package(name or "")
-    if name not in registry.hub_models:
+    try:
+        hub_cls = registry.hub_class(name or "")
+    except registry.UnknownNameError as e:
+        raise ExportError(f"The run's model {name!r} is not installed: {e}") from None
+    if hub_cls is None:
         raise ExportError(
-            f"The run's model {name!r} has no Hub class; known: {', '.join(registry.hub_models.names())}."
+            f"The run's model {name!r} has no Hub class; models with one: {', '.join(registry.hub_model_names())}."
         )
     evals = [dict(e) for e in config.get("evals", {}).values() if e.get("type") == "classification"]
     pp_source = evals[0].get("pp_fn", "") if evals else config.input.get("pp", "")
@@ -133,7 +136,6 @@ def build_model(workdir: str, *, checkpoint_path: str | None = None) -> tuple[An
         labels=_labels(config),
         extra={"trained_steps": int(step), "dataset": ",".join(datasets)},
     )
-    hub_cls = registry.hub_models.get(name)
     model = hub_cls(hub_config, params=checkpoint.load_params(ckpt))
     return model, final_metrics(workdir, dataset), datasets
 

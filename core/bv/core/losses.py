@@ -7,10 +7,15 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from bv.core.registry import Registry
+from bv.core import registry
 
 Loss = Callable[..., jax.Array]
-losses: Registry[Loss] = Registry("loss")
+losses = registry.losses  # the loss registry (bv.core.registry.losses)
+
+
+def get(name: str) -> Loss:
+    """The loss registered as ``name`` (``softmax_xent``, ``sigmoid_xent``, ...)."""
+    return registry.losses.get(name)  # type: ignore[no-any-return]
 
 
 def smooth_labels(labels: jax.Array, smoothing: float) -> jax.Array:

@@ -31,9 +31,9 @@ def test_sigmoid_xent_sums_binary_cross_entropies() -> None:
 
 
 def test_losses_are_registered_by_name() -> None:
-    assert losses.losses.get("softmax_xent") is losses.softmax_xent
+    assert losses.get("softmax_xent") is losses.softmax_xent
     with pytest.raises(
         KeyError,
         match="Unknown loss .softmax_xnet.. Did you mean .softmax_xent.?.*Known loss names: sigmoid_xent, softmax_xent",
     ):
-        losses.losses.get("softmax_xnet")
+        losses.get("softmax_xnet")

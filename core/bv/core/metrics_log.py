@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import sys
 import time
 from typing import Any, Mapping, TextIO
+
+import jax
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -128,3 +131,13 @@ class Chrono:
             metrics["img/sec/core"] = self.global_batch_size / step_time / self.num_devices
             metrics["eta_seconds"] = step_time * (self.total_steps - step)
         return metrics
+
+
+def memory_metrics() -> dict[str, float]:
+    """Peak host memory (RSS) and, where the backend reports it, device memory of this process, in GiB."""
+    out = {"host_peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # ru_maxrss is KiB
+    stats = [d.memory_stats() for d in jax.local_devices()]
+    if stats and all(stats):
+        out["device_bytes_in_use_gb"] = max(s.get("bytes_in_use", 0) for s in stats) / 2**30
+        out["device_peak_bytes_gb"] = max(s.get("peak_bytes_in_use", 0) for s in stats) / 2**30
+    return out

@@ -73,8 +73,12 @@ def _hub_class(config: ml_collections.ConfigDict) -> Any:
     name = config.get("model_name")
     if not name:
         return None
+    return registry.hub_class(name) if name in registry.models or _importable(name) else None
+
+
+def _importable(name: str) -> bool:
     registry.import_model_package(name)
-    return registry.hub_models.get(name) if name in registry.hub_models else None
+    return name in registry.models
 
 
 def _target_config(config: ml_collections.ConfigDict) -> HubConfig | None:

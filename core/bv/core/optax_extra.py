@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bv.core.registry import Registry
+from bv.core import registry
 
-transforms: Registry[Callable[..., optax.GradientTransformation]] = Registry("big_vision optimizer")
+transforms = registry.optimizers  # big_vision's own transforms, registered in bv.core.registry
 
 
 def _dtype(dtype: Any) -> Any:

@@ -89,8 +89,8 @@ def _mask(params: Any, assigned: dict[str, int | None], index: int) -> Any:
     return map_with_names(lambda name, _: assigned[name] == index, params)
 
 
-def _schedule_rules(config: Any) -> list[tuple[str, Any]]:
-    schedule = _get(config, "schedule", {})
+def _schedule_rules(config: Any, schedule: Any = None) -> list[tuple[str, Any]]:
+    schedule = _get(config, "schedule", {}) if schedule is None else _plain(schedule)
     if isinstance(schedule, dict):
         return [(".*", schedule)]
     rules = _rules(schedule, "config.schedule")
@@ -103,10 +103,12 @@ def _schedule_rules(config: Any) -> list[tuple[str, Any]]:
     return rules
 
 
-def _split_frozen(config: Any, params: Any) -> tuple[dict[str, int | None], list[tuple[str, Any]], set[str]]:
+def _split_frozen(
+    config: Any, params: Any, schedule: Any = None
+) -> tuple[dict[str, int | None], list[tuple[str, Any]], set[str]]:
     """The schedule rule of every parameter, the rules, and the names of the frozen parameters."""
     names = [name for name, _ in flatten_with_names(params)]
-    rules = _schedule_rules(config)
+    rules = _schedule_rules(config, schedule)
     assigned = _assign(names, rules, "config.schedule")
     uncovered = [name for name, i in assigned.items() if i is None]
     if uncovered:
@@ -196,7 +198,7 @@ def _check_deprecated(config: Any) -> None:
 
 
 def make_optimizer(
-    config: Any, params: Any, total_steps: int
+    config: Any, params: Any, total_steps: int, *, schedule: Any = None
 ) -> tuple[optax.GradientTransformation, list[tuple[str, Schedule]]]:
     """Returns the gradient transformation and the named learning-rate functions to log.
 
@@ -209,13 +211,15 @@ def make_optimizer(
     The returned functions map a step to ``lr * schedule(step)`` for each schedule
     that trains something, in config order, named ``"lr"``, ``"lr_1"``, ``"lr_2"``, ...
     The updates must be computed as ``tx.update(grads, state, params)`` when ``wd`` is set.
+    ``schedule`` replaces ``config.schedule`` (the trainer passes the one whose
+    durations it resolved to steps, see :mod:`bv.core.run_plan`).
     """
     _check_deprecated(config)
     lr = config.get("lr")
     if lr is None:
         raise ValueError("config.lr (the base learning rate) is required to build the optimizer.")
     names = [name for name, _ in flatten_with_names(params)]
-    assigned, rules, frozen = _split_frozen(config, params)
+    assigned, rules, frozen = _split_frozen(config, params, schedule)
 
     schedule_txs: list[optax.GradientTransformation] = []
     named_fns: list[tuple[str, Schedule]] = []

@@ -11,8 +11,10 @@ a pp string: ``registry.call("resize(224, method='bilinear')")``.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import importlib
+import importlib.util
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T", bound=Callable[..., Any])
@@ -97,26 +99,79 @@ def parse_call(spec: str) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
     return name, args, kwargs
 
 
-# The registries every package plugs into.
-models: Registry[Callable[..., Any]] = Registry("model")
+# ----------------------------------------------------------------------------
+# The registries every package plugs into: all of them live here.
+# ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: how to build its Flax module, and the Hub class that loads and saves it."""
+
+    factory: Callable[..., Any]  # factory(num_classes=..., **config.model) -> flax.linen.Module
+    hub_class: Any = None  # a bv.core.hub.PretrainedModel subclass, or None (no Hub folders)
+
+
+models: Registry[ModelEntry] = Registry("model")
 pp_ops: Registry[Callable[..., Any]] = Registry("pp op")
 evaluators: Registry[Callable[..., Any]] = Registry("evaluator")
 tasks: Registry[Callable[..., Any]] = Registry("task")
 datasets: Registry[Callable[..., Any]] = Registry("dataset")
-hub_models: Registry[Callable[..., Any]] = Registry("Hub model class")
 tokenizers: Registry[Callable[..., Any]] = Registry("tokenizer")
+losses: Registry[Callable[..., Any]] = Registry("loss")
+sharding_strategies: Registry[Callable[..., Any]] = Registry("sharding strategy")
+optimizers: Registry[Callable[..., Any]] = Registry("big_vision optimizer")
+
+
+def register_model(name: str, factory: Callable[..., Any], *, hub_class: Any = None, replace: bool = False) -> None:
+    """Registers a model once: its module factory and, if it has one, its Hub class."""
+    models.register(name, replace=replace)(ModelEntry(factory, hub_class))  # type: ignore[arg-type]
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The model ``name``, importing ``bv.<package>`` first when it is not registered yet."""
+    if name not in models:
+        import_model_package(name)
+    return models.get(name)
+
+
+def model_factory(name: str) -> Callable[..., Any]:
+    """The function that builds the Flax module of model ``name``."""
+    return model_entry(name).factory
+
+
+def hub_class(name: str) -> Any:
+    """The Hub class (``PretrainedModel`` subclass) of model ``name``, or None if it has none."""
+    return model_entry(name).hub_class
+
+
+def hub_model_names() -> list[str]:
+    """The registered models that have a Hub class."""
+    return [n for n in models.names() if models.get(n).hub_class is not None]
 
 
 def import_model_package(name: str) -> None:
     """Imports ``bv.<name>`` (``vit`` -> ``bv.vit``, ``bit_paper`` -> ``bv.bit``) so it registers its model.
 
-    A missing package is not an error here: the registry lookup that follows lists the known names.
+    A package that is not installed is not an error here: the registry lookup that
+    follows lists the known names. A package that is installed but fails to import
+    (a missing dependency, a broken install) is, with the real cause.
     """
     base = name.split(".")[0]
     # "bit_paper" lives in bv.bit: try the whole name, then the part before the first "_".
     for package in dict.fromkeys([base, base.split("_")[0]]):
+        module = f"bv.{package}"
         try:
-            importlib.import_module(f"bv.{package}")
-            return
-        except ImportError:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
             continue
+        try:
+            importlib.import_module(module)
+        except Exception as e:
+            raise ImportError(
+                f"The package {module} is installed (it provides the model {name!r}), but importing it failed: "
+                f"{type(e).__name__}: {e}. Reinstall it, or install what it needs."
+            ) from e
+        return

@@ -107,6 +107,29 @@ def make_mesh(
     return Mesh(grid, tuple(names), axis_types=(AxisType.Auto,) * len(names))
 
 
+# Mesh axes that never carry the batch: they split the model instead.
+MODEL_AXES: frozenset[str] = frozenset({"model"})
+
+
+def batch_axes(mesh: Mesh) -> tuple[str, ...]:
+    """The mesh axes that split a batch: every axis except ``model``, in mesh order.
+
+    The one rule the trainer, the evaluators and the input pipeline share, so an
+    evaluation runs on any mesh that training runs on.
+    """
+    return tuple(a for a in mesh.axis_names if a not in MODEL_AXES)
+
+
+def batch_shards(mesh: Mesh) -> int:
+    """How many pieces a global batch is split into (the product of :func:`batch_axes` sizes)."""
+    return math.prod(mesh.shape[a] for a in batch_axes(mesh))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """The layout of a batch's leading dimension over :func:`batch_axes` (replicated over ``model``)."""
+    return NamedSharding(mesh, PartitionSpec(batch_axes(mesh) or None))
+
+
 # ----------------------------------------------------------------------------
 # Parameter shardings.
 # ----------------------------------------------------------------------------
@@ -130,8 +153,8 @@ class Leaf:
 
 Op = Callable[[Spec, Leaf], Spec]  # updates one leaf's spec (one entry per dimension)
 
-# Factories of sharding ops, called with the arguments written in the strategy string.
-strategies: registry.Registry[Callable[..., Op]] = registry.Registry("sharding strategy")
+# Factories of sharding ops (bv.core.registry.sharding_strategies), called with the arguments in the strategy string.
+strategies = registry.sharding_strategies
 
 
 def _axes(axis: Any) -> tuple[str, ...]:

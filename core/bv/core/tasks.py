@@ -56,10 +56,7 @@ def get_model(config: ml_collections.ConfigDict) -> nn.Module:
     A name that is not registered yet is looked for in the package ``bv.<name>``
     (``vit`` -> ``bv.vit``), so a config can name any installed bv model.
     """
-    name = config.model_name
-    if name not in registry.models:
-        registry.import_model_package(name)
-    factory = registry.models.get(name)
+    factory = registry.model_factory(config.model_name)
     kwargs = dict(config.get("model", {}))
     return factory(num_classes=config.get("num_classes"), **kwargs)
 
@@ -75,7 +72,7 @@ class ClassificationTask(Task):
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
         self.model = get_model(config)
-        self.loss_fn = losses.losses.get(config.get("loss", "softmax_xent"))
+        self.loss_fn = losses.get(config.get("loss", "softmax_xent"))
         self.label_smoothing = float(config.get("label_smoothing", 0.0))
 
     def init(self, rng: jax.Array, batch_spec: Mapping[str, jax.ShapeDtypeStruct]) -> Params:

@@ -96,8 +96,7 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
     @classmethod
     def build_module(cls, config: HubConfig) -> nn.Module:
         """The Flax module ``config`` describes (the registered model factory)."""
-        registry.import_model_package(config.model_name)
-        factory = registry.models.get(config.model_name)
+        factory = registry.model_factory(config.model_name)
         try:
             return factory(num_classes=config.num_classes, **config.model)  # type: ignore[no-any-return]
         except (TypeError, ValueError) as e:
@@ -378,8 +377,12 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
                 f"{where} describes a '{model_name}' model, not a '{cls.model_name}' one; load it with that "
                 f"model's class (or bv.core.hub.load_model, which picks the class)."
             )
-        registry.import_model_package(model_name)
-        found: type[PretrainedModel] = registry.hub_models.get(model_name)  # type: ignore[assignment]
+        found: type[PretrainedModel] | None = registry.hub_class(model_name)
+        if found is None:
+            raise ConfigFormatError(
+                f"{where} describes a '{model_name}' model, which has no Hub class; models with one: "
+                f"{', '.join(registry.hub_model_names())}."
+            )
         return found
 
     @classmethod

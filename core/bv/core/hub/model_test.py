@@ -45,14 +45,13 @@ class TinyConvNet(nn.Module):
         return x, out
 
 
-registry.models.register("hub_test_net", replace=True)(TinyConvNet)
-
-
-@registry.hub_models.register("hub_test_net", replace=True)
 class TinyNet(PretrainedModel):
     model_name = "hub_test_net"
     package = "bv-core"
     version = "0.0.0"
+
+
+registry.register_model("hub_test_net", TinyConvNet, hub_class=TinyNet, replace=True)
 
 
 IMAGES = np.random.RandomState(0).uniform(-1, 1, (2, 12, 12, 3)).astype(np.float32)
@@ -173,7 +172,7 @@ def test_bad_folders_fail_clearly_and_touch_nothing(tmp_path: Path) -> None:
     config.write_text(config.read_text().replace('"hub_test_net"', '"no_such_net"'))
     with pytest.raises(ConfigFormatError, match="'no_such_net' model"):
         TinyNet.from_pretrained(tmp_path / "unknown_model")
-    with pytest.raises(registry.UnknownNameError, match="Known Hub model class names"):
+    with pytest.raises(registry.UnknownNameError, match="Unknown model .no_such_net.. Known model names"):
         load_model(str(tmp_path / "unknown_model"))
 
     config = broken("shapes") / "config.json"

@@ -20,10 +20,8 @@ from bv.bit.model import (
 )
 from bv.bit.pretrained import BiT, BiTPaper
 
-registry.models.register("bit")(create_model)
-registry.models.register("bit_paper")(create_paper_model)
-registry.hub_models.register("bit")(BiT)
-registry.hub_models.register("bit_paper")(BiTPaper)
+registry.register_model("bit", create_model, hub_class=BiT)
+registry.register_model("bit_paper", create_paper_model, hub_class=BiTPaper)
 
 __all__ = [
     "__version__",

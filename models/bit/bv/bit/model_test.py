@@ -176,8 +176,8 @@ def test_bad_depth_and_width_are_refused_with_the_choices() -> None:
 def test_models_are_registered_under_big_vision_s_names() -> None:
     import bv.bit  # noqa: F401  (registers)
 
-    assert isinstance(registry.models.get("bit")(num_classes=2, depth=26), bit.ResNet)
-    assert isinstance(registry.models.get("bit_paper")(num_classes=2, depth=26), bit.ResNetV2)
-    assert registry.hub_models.get("bit").__name__ == "BiT"
-    assert registry.hub_models.get("bit_paper").__name__ == "BiTPaper"
+    assert isinstance(registry.model_factory("bit")(num_classes=2, depth=26), bit.ResNet)
+    assert isinstance(registry.model_factory("bit_paper")(num_classes=2, depth=26), bit.ResNetV2)
+    assert registry.hub_class("bit").__name__ == "BiT"
+    assert registry.hub_class("bit_paper").__name__ == "BiTPaper"
     assert bit.depth_name((3, 4, 6, 3)) == 50 and bit.depth_name([1, 2]) == (1, 2)

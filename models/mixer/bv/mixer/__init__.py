@@ -10,8 +10,7 @@ from bv.mixer.version import __version__
 from bv.mixer.model import VARIANTS, MixerBlock, MlpBlock, MlpMixer, create_model, decode_variant
 from bv.mixer.pretrained import Mixer
 
-registry.models.register("mixer")(create_model)
-registry.hub_models.register("mixer")(Mixer)
+registry.register_model("mixer", create_model, hub_class=Mixer)
 
 __all__ = [
     "__version__",

@@ -153,10 +153,10 @@ def test_decode_variant_and_errors() -> None:
 
 
 def test_registered_as_mixer() -> None:
-    assert registry.models.get("mixer") is create_model
+    assert registry.model_factory("mixer") is create_model
     from bv.mixer import Mixer
 
-    assert registry.hub_models.get("mixer") is Mixer
+    assert registry.hub_class("mixer") is Mixer
 
 
 def test_approximate_gelu_switches_the_activation() -> None:

@@ -20,8 +20,7 @@ from bv.vit.patch_embed import PatchEmbedding, pi_resize_kernel
 from bv.vit.pretrained import ViT
 from bv.vit.flexi import FlexiClassificationTask
 
-registry.models.register("vit")(create_model)
-registry.hub_models.register("vit")(ViT)
+registry.register_model("vit", create_model, hub_class=ViT)
 
 __all__ = [
     "__version__",

@@ -160,8 +160,8 @@ def test_unknown_variant_lists_the_valid_ones() -> None:
 
 
 def test_registry_finds_vit() -> None:
-    assert registry.models.get("vit") is create_model
-    model = registry.models.call("vit(3, variant='mu/8')")
+    assert registry.model_factory("vit") is create_model
+    model = registry.model_factory("vit")(3, variant="mu/8")
     assert isinstance(model, VisionTransformer) and model.num_classes == 3 and model.patch_size == (8, 8)
 
 

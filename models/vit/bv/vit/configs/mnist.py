@@ -48,6 +48,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.wd = 1e-4
     config.schedule = dict(decay_type="cosine", warmup_epochs=2)
     config.grad_clip_norm = 1.0
+    # Polyak averaging of the params, evaluated beside them as ema/test/prec@1 (see bv.core.ema).
+    config.ema = dict(decay=0.995, start_step=0)
+    # A jax.profiler trace of a few steps, e.g. --config.profile="dict(start_step=10, num_steps=5)".
+    config.profile = None
 
     config.evals = dict(
         test=dict(
