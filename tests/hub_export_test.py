@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from bv.core import checkpoint, export, train
+from bv.core import checkpoint, evaluate, export, train
 from bv.core.config import load_config
 from bv.core.tasks import get_model
 from bv.vit import ViT
@@ -81,11 +83,81 @@ def test_exported_folder_and_npz_seed_a_new_run(run: tuple[Path, Any]) -> None:
             np.testing.assert_array_equal(a, b)
 
 
+def test_export_ema_writes_the_average_and_its_metrics(run: tuple[Path, Any], capsys: pytest.CaptureFixture) -> None:
+    root, _ = run
+    export.main([str(root / "run"), str(root / "hub_ema"), "--ema"])
+    model = ViT.from_pretrained(str(root / "hub_ema"))
+    average = checkpoint.load_params(_latest(root / "run"), subtree="ema")
+    for a, b in zip(jax.tree.leaves(average), jax.tree.leaves(model.params)):
+        np.testing.assert_array_equal(a, b)
+    card = huggingface_hub.ModelCard.load(root / "hub_ema" / "README.md")
+    final = json.loads((root / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert card.data.eval_results[0].metric_value == pytest.approx(final["ema/test/prec@1"])
+
+
+def _last_eval(workdir: Path) -> dict[str, float]:
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if "test/prec@1" in r][-1]
+
+
+def test_bv_eval_on_the_workdir_equals_the_trainers_last_eval(run: tuple[Path, Any]) -> None:
+    root, config = run
+    logged = _last_eval(root / "run")
+    assert evaluate.evaluate(config, str(root / "run")) == {
+        "test/prec@1": logged["test/prec@1"],
+        "test/loss": logged["test/loss"],
+    }
+    assert evaluate.evaluate(config, str(root / "run"), ema=True)["test/prec@1"] == logged["ema/test/prec@1"]
+
+
+def test_bv_eval_on_the_exported_folder_prints_the_same_metric(run: tuple[Path, Any], tmp_path: Path) -> None:
+    root, _ = run
+    export.export(str(root / "run"), str(root / "hub_for_eval"))
+    env = {**os.environ, "TFDS_DATA_DIR": str(root / "tfds"), "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "bv.core.evaluate", "--config", "bv.vit.configs.mnist:runlocal"]
+        + ["--model", str(root / "hub_for_eval"), "--out", str(tmp_path / "evals")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = _last_eval(root / "run")
+    assert f"test/prec@1: {logged['test/prec@1']!r}" in result.stdout
+    written = json.loads((tmp_path / "evals" / "eval_metrics.json").read_text())
+    assert written["metrics"]["test/prec@1"] == logged["test/prec@1"]
+
+
+def test_bv_eval_errors_are_clear(run: tuple[Path, Any], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    root, config = run
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--config", "bv.vit.configs.mnist:runlocal"])
+    assert exit_info.value.code == 2 and "--model SOURCE is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--config", "bv.vit.configs.mnist:runlocal", "--model", str(tmp_path), "--workdir", "x"])
+    assert exit_info.value.code == 2 and "takes no --workdir" in capsys.readouterr().err
+    with pytest.raises(evaluate.EvalSourceError, match="--ema needs a bv workdir"):
+        evaluate.evaluate(config, str(tmp_path), ema=True)
+
+
 def test_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         export.main([str(tmp_path), str(tmp_path / "out")])
     assert exit_info.value.code == 1
     assert "has no config.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_ema_of_a_run_without_one_is_refused(run: tuple[Path, Any], tmp_path: Path) -> None:
+    root, config = run
+    plain = load_config("bv.vit.configs.mnist:runlocal")
+    plain.input.data.data_dir = config.input.data.data_dir
+    plain.evals.test.data.data_dir = config.input.data.data_dir
+    plain.ema, plain.total_steps, plain.evals = None, 1, {}
+    train.train(plain, str(tmp_path / "plain"))
+    with pytest.raises(export.ExportError, match="holds no EMA of the params: the run did not set config.ema"):
+        export.export(str(tmp_path / "plain"), str(tmp_path / "out"), ema=True)
     assert not (tmp_path / "out").exists()
 
 

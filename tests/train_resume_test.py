@@ -1,4 +1,5 @@
-"""Kill training with SIGKILL between and during checkpoint writes; the resumed run must end bitwise equal.
+"""Kill training with SIGKILL between and during checkpoint writes; the resumed run must end bitwise equal
+(params and their EMA).
 
 Each run is a real ``python -m bv.core.train`` process. Crashes are injected with
 ``BV_CRASH_AT`` (see ``bv.core.failpoints``): the process SIGKILLs itself at the
@@ -57,10 +58,14 @@ def _train(
 
 
 def _final_params(workdir: Path) -> dict[str, np.ndarray]:
+    """The final params and their EMA (the mnist config averages the params), by name."""
     path = checkpoint.latest(str(workdir))
     assert path is not None
     assert checkpoint.read_metadata(path)["step"] == 8
-    return dict(flatten_with_names(checkpoint.load_params(path)))
+    params = {f"params/{k}": v for k, v in flatten_with_names(checkpoint.load_params(path))}
+    average = {f"ema/{k}": v for k, v in flatten_with_names(checkpoint.load_params(path, subtree="ema"))}
+    assert len(average) == len(params)
+    return {**params, **average}
 
 
 def _losses(workdir: Path) -> dict[int, float]:

@@ -219,6 +219,11 @@ def restore(path: str, template: Any) -> tuple[Any, dict[str, Any]]:
     return jax.tree_util.tree_unflatten(treedef, values), dict(info["metadata"])
 
 
+def top_level_entries(path: str) -> list[str]:
+    """The names at the top of the checkpoint's state (``params``, ``opt``, ``rng``, ``ema``, ...)."""
+    return sorted({record["name"].split("/")[0] for record in _read_info(path)["leaves"]})
+
+
 def load_params(path: str, subtree: str | None = "params") -> dict[str, Any]:
     """The leaves under ``subtree`` of the checkpoint at ``path`` as a nested dict of numpy arrays.
 

@@ -4,6 +4,7 @@
     bv-export runs/vit_mnist out/vit_mnist --push org/vit-mnist # ... and upload it (token: HF_TOKEN or `hf auth login`)
     bv-export runs/vit_mnist out/timm --format timm             # a folder timm loads
     bv-export runs/vit_mnist out/ckpt.npz --format big_vision   # big_vision's .npz
+    bv-export runs/vit_mnist out/vit_mnist_ema --ema            # the params' EMA (runs with config.ema)
 
 The model card is filled from the run: model and data set from ``config.json``,
 the final evaluation metrics from ``metrics.jsonl``, the inference
@@ -60,8 +61,11 @@ def inference_pp(pp: str) -> tuple[str, int | None, int]:
     return "|".join(kept), resolution, channels
 
 
-def final_metrics(workdir: str, dataset: str) -> list[Metric]:
-    """The last logged value of each evaluator metric (``name/metric`` keys) in ``metrics.jsonl``."""
+def final_metrics(workdir: str, dataset: str, *, ema: bool = False) -> list[Metric]:
+    """The last logged value of each evaluator metric (``name/metric`` keys) in ``metrics.jsonl``.
+
+    With ``ema``, those of the params' EMA (``ema/name/metric``) instead.
+    """
     path = os.path.join(workdir, METRICS_FILE)
     last: dict[str, float] = {}
     if os.path.isfile(path):
@@ -72,6 +76,9 @@ def final_metrics(workdir: str, dataset: str) -> list[Metric]:
                 except json.JSONDecodeError:
                     continue  # a line cut by a crash
                 for key, value in record.items():
+                    if key.startswith("ema/") != ema:
+                        continue
+                    key = key[len("ema/") :] if ema else key
                     if "/" in key and isinstance(value, (int, float)):
                         last[key] = float(value)
     metrics = []
@@ -105,8 +112,13 @@ def _labels(config: ml_collections.ConfigDict) -> list[str] | None:
         return None
 
 
-def build_model(workdir: str, *, checkpoint_path: str | None = None) -> tuple[Any, list[Metric], list[str]]:
-    """(the Hub model of the run's final checkpoint, its final metrics, its data sets)."""
+def build_model(
+    workdir: str, *, checkpoint_path: str | None = None, ema: bool = False
+) -> tuple[Any, list[Metric], list[str]]:
+    """(the Hub model of the run's final checkpoint, its final metrics, its data sets).
+
+    ``ema`` takes the EMA of the params (``config.ema``) instead of the params.
+    """
     config = _read_run_config(workdir)
     ckpt = checkpoint_path or checkpoint.latest(workdir)
     if ckpt is None:
@@ -136,8 +148,11 @@ def build_model(workdir: str, *, checkpoint_path: str | None = None) -> tuple[An
         labels=_labels(config),
         extra={"trained_steps": int(step), "dataset": ",".join(datasets)},
     )
-    model = hub_cls(hub_config, params=checkpoint.load_params(ckpt))
-    return model, final_metrics(workdir, dataset), datasets
+    if ema and "ema" not in checkpoint.top_level_entries(ckpt):
+        raise ExportError(f"{ckpt} holds no EMA of the params: the run did not set config.ema. Drop --ema.")
+    params = checkpoint.load_params(ckpt, subtree="ema" if ema else "params")
+    model = hub_cls(hub_config, params=params)
+    return model, final_metrics(workdir, dataset, ema=ema), datasets
 
 
 def export(
@@ -149,13 +164,14 @@ def export(
     push: str | None = None,
     private: bool | None = None,
     license: str | None = None,
+    ema: bool = False,
 ) -> Any:
     """Writes the run's model to ``out`` in format ``fmt``; with ``push``, uploads the bv folder to that repo."""
     if fmt not in FORMATS:
         raise ExportError(f"Unknown format {fmt!r}; expected one of {', '.join(FORMATS)}.")
     if push and fmt != "bv":
         raise ExportError("--push uploads bv-format folders only; drop --format or --push.")
-    model, metrics, datasets = build_model(workdir, checkpoint_path=checkpoint_path)
+    model, metrics, datasets = build_model(workdir, checkpoint_path=checkpoint_path, ema=ema)
     card = {"metrics": metrics, "datasets": datasets, "license": license}
     if fmt == "bv":
         model.save_pretrained(out, model_card_kwargs=card)
@@ -181,6 +197,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--push", metavar="REPO", help="also upload the folder to this Hub repo (e.g. org/name)")
     parser.add_argument("--private", action="store_true", default=None, help="create the repo as private")
     parser.add_argument("--license", help="the license to put in the model card, e.g. apache-2.0")
+    parser.add_argument("--ema", action="store_true", help="export the EMA of the params (runs with config.ema)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     try:
@@ -192,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             push=args.push,
             private=args.private,
             license=args.license,
+            ema=args.ema,
         )
     except (ExportError, registry.UnknownNameError, FileNotFoundError) as e:
         print(f"bv-export: error: {e}", file=sys.stderr)

@@ -8,6 +8,7 @@ needs to change how gradients become updates (SAM) overrides ``grads``.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -22,16 +23,22 @@ Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
-class Task:
-    """Base class of tasks; subclasses implement ``init``, ``loss`` and ``predict_fns``."""
+class Task(abc.ABC):
+    """Base class of tasks; subclasses implement ``init``, ``loss`` and ``predict_fns``.
+
+    The trainer calls nothing else, so these three (and the optional ``grads`` and
+    ``logical_axes`` hooks) are the whole contract between a project and the loop.
+    """
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
 
+    @abc.abstractmethod
     def init(self, rng: jax.Array, batch_spec: Mapping[str, jax.ShapeDtypeStruct]) -> Params:
         """Fresh parameters, given the shapes of one (local) training batch."""
         raise NotImplementedError
 
+    @abc.abstractmethod
     def loss(self, params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]:
         """The mean training loss of a batch and extra scalar metrics to log."""
         raise NotImplementedError
@@ -41,6 +48,7 @@ class Task:
         (loss, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(params, batch, rng)
         return loss, metrics, grads
 
+    @abc.abstractmethod
     def predict_fns(self) -> dict[str, Callable[..., Any]]:
         """Functions evaluators call by name, e.g. ``{"predict": fn(params, images) -> logits}``."""
         raise NotImplementedError

@@ -62,8 +62,8 @@ def make_train_step(
             new_state["ema"] = ema.update(state["ema"], params, step, ema_config)
         metrics = {
             "training_loss": loss,
-            "l2_grads": optax.global_norm(grads),
-            "l2_params": optax.global_norm(params),
+            "l2_grads": optax.tree.norm(grads),
+            "l2_params": optax.tree.norm(params),
             **metrics,
             **{name: fn(step - 1) for name, fn in schedule_fns},
         }
