@@ -121,12 +121,6 @@ def _split_frozen(
     return assigned, rules, frozen
 
 
-def frozen_mask(config: Any, params: Any) -> Any:
-    """A tree like ``params`` of bools, True where ``config.schedule`` freezes the parameter."""
-    _, _, frozen = _split_frozen(config, params)
-    return map_with_names(lambda name, _: name in frozen, params)
-
-
 def resolve_transform(name: str) -> Callable[..., optax.GradientTransformation]:
     """The factory named by ``optax_name``: ``"big_vision.<name>"`` or an ``optax`` attribute path."""
     if name.startswith(_BIG_VISION):
@@ -251,15 +245,3 @@ def make_optimizer(
 
 def _scaled(fn: Schedule, lr: float) -> Schedule:
     return lambda step: lr * fn(step)
-
-
-def get_count(opt_state: Any) -> jax.Array:
-    """The number of updates applied so far, read from the schedule state (works under jit)."""
-    states = [
-        leaf
-        for leaf in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
-        if isinstance(leaf, optax.ScaleByScheduleState)
-    ]
-    if not states:
-        raise ValueError("This optimizer state has no schedule state; was it built by make_optimizer?")
-    return states[0].count
