@@ -68,9 +68,17 @@ def load_model_params(
 
 
 def evaluate(
-    config: ml_collections.ConfigDict, source: str, *, ema: bool = False, revision: str | None = None
+    config: ml_collections.ConfigDict,
+    source: str,
+    *,
+    ema: bool = False,
+    revision: str | None = None,
+    out: str | None = None,
 ) -> dict[str, float]:
-    """The metrics of every evaluator in ``config.evals`` on the model in ``source``."""
+    """The metrics of every evaluator in ``config.evals`` on the model in ``source``.
+
+    ``out`` is where evaluators that write files (``save_predictions``) write them.
+    """
     from bv.evaluators import EvaluatorConfigError, build_evaluators
 
     if not config.get("evals"):
@@ -93,7 +101,7 @@ def evaluate(
         mesh,
         batch_size=int(config.input.batch_size),
         data_dir=data_dir,
-        workdir=None,
+        workdir=out,
     )
     results: dict[str, float] = {}
     with sharding.activation_rules(config.get("sharding_rules"), mesh):
@@ -141,7 +149,7 @@ USAGE = (
     "usage: bv-eval --config FILE.py[:ARGS] --model SOURCE [--out DIR] [--ema] [--revision REV] [--config.KEY=VALUE ...]\n"
     "\n"
     "  --model SOURCE   a bv workdir or checkpoint, a Hub repo id or model folder (bv or timm), a big_vision .npz\n"
-    "  --out DIR        also write the metrics to DIR/eval_metrics.json\n"
+    "  --out DIR        also write the metrics to DIR/eval_metrics.json (and save_predictions' files)\n"
     "  --ema            evaluate the workdir's EMA of the params (runs trained with config.ema)\n"
     "  --revision REV   the Hub revision (branch, tag or commit) of a repo id\n"
 )
@@ -167,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"bv-eval: error: {e}\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
-        results = evaluate(args.config, own["model"], ema=own["ema"], revision=own["revision"])
+        results = evaluate(args.config, own["model"], ema=own["ema"], revision=own["revision"], out=own["out"])
     except (
         EvalSourceError,
         EvaluatorConfigError,

@@ -52,7 +52,7 @@ def run_evaluators(
     for e in evaluators:
         if final or due(step, e.every, total):
             results.update({f"{e.name}/{k}": v for k, v in e.evaluator.run(state["params"]).items()})
-            if "ema" in state:
+            if "ema" in state and getattr(e.evaluator, "evaluate_ema", True):
                 results.update({f"ema/{e.name}/{k}": v for k, v in e.evaluator.run(state["ema"]).items()})
     return results
 

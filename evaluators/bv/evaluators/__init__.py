@@ -7,12 +7,19 @@ Importing this package registers the evaluators in ``bv.core.registry.evaluators
 from bv.evaluators.build import ScheduledEvaluator, build_evaluators
 from bv.evaluators.classification import ClassificationEvaluator
 from bv.evaluators.common import EvalData, Evaluator, EvaluatorConfigError
+from bv.evaluators.fewshot import FewshotEvaluator
+from bv.evaluators.imagenet_variants import ImageNetV2Evaluator, RealEvaluator
+from bv.evaluators.save_predictions import SavePredictionsEvaluator
 
 __all__ = [
     "ClassificationEvaluator",
     "EvalData",
     "Evaluator",
     "EvaluatorConfigError",
+    "FewshotEvaluator",
+    "ImageNetV2Evaluator",
+    "RealEvaluator",
+    "SavePredictionsEvaluator",
     "ScheduledEvaluator",
     "build_evaluators",
 ]

@@ -35,7 +35,12 @@ Params = Any
 
 
 class Evaluator(Protocol):
-    """What the trainer and ``bv-eval`` call: the metrics of ``params``, as plain floats."""
+    """What the trainer and ``bv-eval`` call: the metrics of ``params``, as plain floats.
+
+    With ``config.ema`` the trainer also runs each evaluator on the EMA of the params
+    (``ema/<name>/...``), unless the evaluator sets ``evaluate_ema = False`` (those
+    that write files, whose second run would replace the first's).
+    """
 
     def run(self, params: Params) -> dict[str, float]: ...
 
