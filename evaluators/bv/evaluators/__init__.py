@@ -9,7 +9,10 @@ from bv.evaluators.classification import ClassificationEvaluator
 from bv.evaluators.common import EvalData, Evaluator, EvaluatorConfigError
 from bv.evaluators.fewshot import FewshotEvaluator
 from bv.evaluators.imagenet_variants import ImageNetV2Evaluator, RealEvaluator
+from bv.evaluators.perplexity import MeanEvaluator, PerplexityEvaluator
+from bv.evaluators.retrieval import RetrievalEvaluator
 from bv.evaluators.save_predictions import SavePredictionsEvaluator
+from bv.evaluators.zeroshot import ZeroShotEvaluator
 
 __all__ = [
     "ClassificationEvaluator",
@@ -18,8 +21,12 @@ __all__ = [
     "EvaluatorConfigError",
     "FewshotEvaluator",
     "ImageNetV2Evaluator",
+    "MeanEvaluator",
+    "PerplexityEvaluator",
     "RealEvaluator",
+    "RetrievalEvaluator",
     "SavePredictionsEvaluator",
     "ScheduledEvaluator",
+    "ZeroShotEvaluator",
     "build_evaluators",
 ]

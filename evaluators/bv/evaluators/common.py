@@ -80,14 +80,15 @@ class EvalData:
     """One split, preprocessed, padded and masked, as global batches laid out for ``mesh``.
 
     Every example of ``data.split`` is seen exactly once over all hosts; padding
-    examples carry ``_mask == False``. ``keys`` limits what goes to the devices
+    examples carry ``_mask == False``. ``pp_fn`` is a pp string or a function of one
+    example (for evaluators that build their own). ``keys`` limits what goes to the devices
     (strings cannot); ``host_keys`` are kept on the host as numpy arrays.
     """
 
     def __init__(
         self,
         data: Mapping[str, Any],
-        pp_fn: str,
+        pp_fn: str | Callable[[dict[str, tf.Tensor]], dict[str, tf.Tensor]],
         batch_size: int,
         mesh: jax.sharding.Mesh,
         *,
@@ -128,9 +129,8 @@ class EvalData:
                 f"({self.num_examples} examples), so every batch would be mostly padding. Set the evaluator's "
                 f"batch_size to at most {self.num_examples}."
             )
-        self.dataset, self.steps = input_pipeline.make_for_eval(
-            builder, split, batch_size, bv.pp.get_preprocess_fn(pp_fn), cache=cache
-        )
+        preprocess = bv.pp.get_preprocess_fn(pp_fn) if isinstance(pp_fn, str) else pp_fn
+        self.dataset, self.steps = input_pipeline.make_for_eval(builder, split, batch_size, preprocess, cache=cache)
 
     def batches(self) -> Iterator[tuple[dict[str, jax.Array], dict[str, np.ndarray]]]:
         """``(device batch, host batch)`` pairs; the device batch always holds ``_mask``."""
