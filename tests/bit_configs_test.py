@@ -51,7 +51,9 @@ def test_full_size_configs_build_their_model_and_optimizer(
     image = jax.ShapeDtypeStruct((2, 28, 28, 1) if mnist else (2, 224, 224, 3), "float32")
     params = jax.eval_shape(task.init, jax.random.PRNGKey(0), {"image": image})
     assert params["head"]["kernel"].shape == (pre_logits, 10 if mnist else 1000)
-    schedule = resolve_schedule(config.get("schedule"), data_size=1_281_167, batch_size=config.input.batch_size, total_steps=100_000)
+    schedule = resolve_schedule(
+        config.get("schedule"), data_size=1_281_167, batch_size=config.input.batch_size, total_steps=100_000
+    )
     tx, schedules = make_optimizer(config, params, total_steps=100_000, schedule=schedule)
     assert schedules and schedules[0][0] == "lr"
     jax.eval_shape(tx.init, params)

@@ -7,6 +7,9 @@ shape shows that the check has teeth.
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -21,7 +24,7 @@ from bv.core.contracts import ContractError, ImageModel, check_image_model
 from bv.core.tasks import Task, get_task
 
 # Small kwargs per registered model and the image shape it runs on.
-SMALL = {
+SMALL: dict[str, tuple[dict[str, Any], tuple[int, int, int]]] = {
     "vit": (dict(variant="mu/8"), (16, 16, 3)),
     "mixer": (dict(patch_size=8, hidden_dim=16, num_blocks=1, tokens_mlp_dim=8, channels_mlp_dim=32), (16, 16, 3)),
     "bit": (dict(depth=(1, 1, 1, 1), width=0.5), (32, 32, 3)),
@@ -90,7 +93,7 @@ def test_a_model_that_breaks_the_contract_is_caught(module: nn.Module, message: 
 
 def test_every_registered_task_is_a_complete_task() -> None:
     for name in registry.tasks.names():
-        cls = registry.tasks.get(name)
+        cls: Any = registry.tasks.get(name)
         assert issubclass(cls, Task), name
         assert not getattr(cls, "__abstractmethods__", None), f"{name} leaves {cls.__abstractmethods__} abstract"
 
@@ -104,17 +107,19 @@ def test_a_task_missing_its_loss_cannot_be_built() -> None:
             return {}
 
     with pytest.raises(TypeError, match="abstract method.*loss"):
-        Incomplete(ml_collections.ConfigDict())
+        Incomplete(ml_collections.ConfigDict())  # type: ignore[abstract]
 
 
 def test_a_model_package_that_fails_to_import_reports_the_real_error(tmp_path, monkeypatch) -> None:
     package = tmp_path / "bv" / "brokenmodel"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("import a_dependency_that_is_not_installed\n")
-    namespace = __import__("bv")
+    namespace = sys.modules["bv"]  # the namespace package, already imported with bv.vit
     monkeypatch.setattr(namespace, "__path__", [*namespace.__path__, str(tmp_path / "bv")])
     config = ml_collections.ConfigDict({"model_name": "brokenmodel", "num_classes": 2})
-    with pytest.raises(ImportError, match="bv.brokenmodel is installed .* No module named 'a_dependency_that_is_not_installed'"):
+    with pytest.raises(
+        ImportError, match="bv.brokenmodel is installed .* No module named 'a_dependency_that_is_not_installed'"
+    ):
         get_task(config)
     with pytest.raises(registry.UnknownNameError, match="Unknown model 'nosuchmodel'"):
         get_task(ml_collections.ConfigDict({"model_name": "nosuchmodel", "num_classes": 2}))

@@ -1,4 +1,5 @@
-"""One config on 1 device, 8 simulated devices (data-parallel, FSDP, data x model), 2 processes: same losses.
+"""One config on 1 device, 8 simulated devices (data-parallel, FSDP, data x model), 2 processes: same losses
+(and, for 2 processes, the same evaluation).
 
 Each case trains a small ViT on MNIST-5k for 20 steps in a fresh Python process whose CPU is split into
 simulated devices (``--xla_force_host_platform_device_count``), and the per-step training losses from
@@ -135,9 +136,30 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("scale")
 
 
+# The classification eval at the last step: every process of a multi-process run evaluates, and the
+# metrics must equal the one-process run's (1,000 test images, batches of 40 split over the processes).
+EVAL = {
+    "evals": {
+        "test": {
+            "type": "classification",
+            "data": {"name": "mnist5k", "split": "test"},
+            "pp_fn": "decode(channels=1)|resize(32)|central_crop(28)|value_range(-1, 1)"
+            "|onehot(10, key='label', key_result='labels')|keep('image', 'labels')",
+            "batch_size": 40,
+            "log_steps": STEPS,
+        }
+    }
+}
+
+
+def _final_eval(workdir: Path) -> dict[str, float]:
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if "test/prec@1" in r][-1]
+
+
 @pytest.fixture(scope="module")
 def baseline(root: Path) -> dict[int, float]:
-    _run(root / "tfds", [(root / "one_device", STEPS, {})], devices=1)
+    _run(root / "tfds", [(root / "one_device", STEPS, EVAL)], devices=1)
     return _losses(root / "one_device")
 
 
@@ -151,8 +173,11 @@ def test_eight_devices_match_one_device(root: Path, baseline: dict[int, float]) 
 
 def test_two_processes_match_and_checkpoints_cross_topologies(root: Path, baseline: dict[int, float]) -> None:
     # Two processes with 2 devices each, against one process with 4 devices.
-    _run(root / "tfds", [(root / "two_proc", STEPS, {})], devices=2, processes=2)
+    _run(root / "tfds", [(root / "two_proc", STEPS, EVAL)], devices=2, processes=2)
     _assert_same_losses(_losses(root / "two_proc"), baseline, range(1, STEPS + 1))
+    two, one = _final_eval(root / "two_proc"), _final_eval(root / "one_device")
+    assert two["test/loss"] == pytest.approx(one["test/loss"], rel=1e-5)
+    assert two["test/prec@1"] == pytest.approx(one["test/prec@1"], abs=1e-3)  # at most one image flips
 
     # A 2-process checkpoint (step 10) resumed by 1 process with 4 devices, and the reverse.
     _run(root / "tfds", [(root / "from_two", 10, {})], devices=2, processes=2)

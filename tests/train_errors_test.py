@@ -28,7 +28,9 @@ def test_nan_loss_stops_the_run_naming_the_step(config, tmp_path: Path) -> None:
 
 def test_unknown_evaluator_fails_before_the_workdir_is_touched(config, tmp_path: Path) -> None:
     config.evals.test.type = "clasification"
-    with pytest.raises(EvaluatorConfigError, match="config.evals.test: Unknown evaluator .* Did you mean 'classification'"):
+    with pytest.raises(
+        EvaluatorConfigError, match="config.evals.test: Unknown evaluator .* Did you mean 'classification'"
+    ):
         train.train(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 

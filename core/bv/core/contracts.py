@@ -43,15 +43,18 @@ def check_image_model(
     """
     if not isinstance(module, ImageModel):
         raise ContractError(f"{name} has no num_classes field or is not callable; see bv.core.contracts.ImageModel.")
+    flax_module: Any = module  # a flax.linen.Module: init and apply come from there
     images = jnp.zeros((batch, *image_shape), jnp.float32)
     rngs = {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}
     try:
-        variables = jax.eval_shape(lambda: module.init(rngs, images, train=False))
+        variables = jax.eval_shape(lambda: flax_module.init(rngs, images, train=False))
     except TypeError as e:
         raise ContractError(f"{name} must accept images and a keyword train=...: {e}") from None
     shapes: dict[str, tuple[int, ...]] = {}
     for train in (False, True):
-        result = jax.eval_shape(lambda v: module.apply(v, images, train=train, rngs={"dropout": rngs["dropout"]}), variables)
+        result = jax.eval_shape(
+            lambda v: flax_module.apply(v, images, train=train, rngs={"dropout": rngs["dropout"]}), variables
+        )
         if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping)):
             raise ContractError(
                 f"{name} (train={train}) must return (outputs, intermediates) with intermediates a dict; "

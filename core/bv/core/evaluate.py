@@ -139,7 +139,9 @@ def _split_own_flags(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
                 value, i = argv[i], i + 1
             own[flag[2:]] = value
         elif flag == "--workdir":
-            raise cli.UsageError("bv-eval takes no --workdir: name the model with --model and where to write with --out.")
+            raise cli.UsageError(
+                "bv-eval takes no --workdir: name the model with --model and where to write with --out."
+            )
         else:
             rest.append(argv[i - 1])
     return own, rest

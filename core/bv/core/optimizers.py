@@ -20,7 +20,6 @@ import logging
 import re
 from typing import Any, Callable, Sequence
 
-import jax
 import optax
 
 from bv.core import optax_extra

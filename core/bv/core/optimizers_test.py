@@ -13,7 +13,6 @@ from bv.core.optimizers import make_optimizer, resolve_transform
 from bv.core.tree import flatten_with_names
 
 
-
 def get_count(opt_state) -> int:
     """The number of updates applied so far, read from the schedule's own counter."""
     counts = [
@@ -22,6 +21,7 @@ def get_count(opt_state) -> int:
         if isinstance(leaf, optax.ScaleByScheduleState)
     ]
     return int(counts[0])
+
 
 def small_params():
     return {

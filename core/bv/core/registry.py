@@ -17,7 +17,7 @@ import importlib
 import importlib.util
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-T = TypeVar("T", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 class UnknownNameError(KeyError):
@@ -60,7 +60,8 @@ class Registry(Generic[T]):
     def call(self, spec: str, **extra_kwargs: Any) -> Any:
         """Parses ``"name(arg, key=value)"`` (or a bare ``"name"``) and calls the factory."""
         name, args, kwargs = parse_call(spec)
-        return self.get(name)(*args, **{**kwargs, **extra_kwargs})
+        factory: Any = self.get(name)
+        return factory(*args, **{**kwargs, **extra_kwargs})
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

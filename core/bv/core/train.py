@@ -79,7 +79,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
         plan.batch_size,
         jax.device_count(),
     )
-    loop = TrainLoop(ts, jit_train_step(config, task, ts, plan, mesh), plan, mesh, evaluators, metric_log, workdir, profiler)
+    loop = TrainLoop(
+        ts, jit_train_step(config, task, ts, plan, mesh), plan, mesh, evaluators, metric_log, workdir, profiler
+    )
     with sharding.activation_rules(config.get("sharding_rules"), mesh):
         final = loop.run(data.batches(ts.start_step))
     print_final(final)

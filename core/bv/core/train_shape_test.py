@@ -3,7 +3,15 @@
 import ast
 from pathlib import Path
 
-TRAINER_MODULES = ("train.py", "train_loop.py", "train_state.py", "train_data.py", "run_plan.py", "ema.py", "profiler.py")
+TRAINER_MODULES = (
+    "train.py",
+    "train_loop.py",
+    "train_state.py",
+    "train_data.py",
+    "run_plan.py",
+    "ema.py",
+    "profiler.py",
+)
 
 
 def _function_lengths(path: Path) -> dict[str, int]:

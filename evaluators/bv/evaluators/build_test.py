@@ -44,8 +44,14 @@ def test_a_good_entry_builds_and_runs(data_dir: Path) -> None:
 @pytest.mark.parametrize(
     "entry, message",
     [
-        (dict(type="clasification"), r"config.evals.test: Unknown evaluator 'clasification'. Did you mean 'classification'"),
-        (dict(data={"name": "twelve_images", "split": "validation"}), r"'test' .*has no split 'validation'.* Its splits: test"),
+        (
+            dict(type="clasification"),
+            r"config.evals.test: Unknown evaluator 'clasification'. Did you mean 'classification'",
+        ),
+        (
+            dict(data={"name": "twelve_images", "split": "validation"}),
+            r"'test' .*has no split 'validation'.* Its splits: test",
+        ),
         (dict(batch_size=16), r"'test' .*batch_size=16 is larger than the whole split .*12 examples.* at most 12"),
         (dict(pred="embed"), r"'test' .*pred='embed' is not a predict function of this task; it has: predict"),
         (dict(no_such_option=1), r"config.evals.test \(a 'classification' evaluator\): .*no_such_option"),
