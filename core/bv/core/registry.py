@@ -111,6 +111,7 @@ class ModelEntry:
 
     factory: Callable[..., Any]  # factory(num_classes=..., **config.model) -> flax.linen.Module
     hub_class: Any = None  # a bv.core.hub.PretrainedModel subclass, or None (no Hub folders)
+    kind: str = "image"  # "image": follows bv.core.contracts.ImageModel; projects may add kinds ("image_text")
 
 
 models: Registry[ModelEntry] = Registry("model")
@@ -124,9 +125,11 @@ sharding_strategies: Registry[Callable[..., Any]] = Registry("sharding strategy"
 optimizers: Registry[Callable[..., Any]] = Registry("big_vision optimizer")
 
 
-def register_model(name: str, factory: Callable[..., Any], *, hub_class: Any = None, replace: bool = False) -> None:
-    """Registers a model once: its module factory and, if it has one, its Hub class."""
-    models.register(name, replace=replace)(ModelEntry(factory, hub_class))  # type: ignore[arg-type]
+def register_model(
+    name: str, factory: Callable[..., Any], *, hub_class: Any = None, kind: str = "image", replace: bool = False
+) -> None:
+    """Registers a model once: its module factory, its Hub class if it has one, and its kind."""
+    models.register(name, replace=replace)(ModelEntry(factory, hub_class, kind))
 
 
 def model_entry(name: str) -> ModelEntry:
