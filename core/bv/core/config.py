@@ -19,7 +19,6 @@ import inspect
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -298,15 +297,6 @@ def to_json(config: ml_collections.ConfigDict | Mapping[str, Any]) -> str:
 
 def save_config(config: ml_collections.ConfigDict | Mapping[str, Any], workdir: str) -> str:
     """Writes ``workdir/config.json`` atomically (creating ``workdir``) and returns its path."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, "config.json")
-    fd, tmp = tempfile.mkstemp(prefix=".config.json.", dir=workdir)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(to_json(config) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    from bv.core.files import write_text
+
+    return write_text(os.path.join(workdir, "config.json"), to_json(config) + "\n")

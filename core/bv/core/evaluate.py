@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from typing import Any, Sequence
 
 import jax
@@ -31,6 +30,7 @@ from bv.core import config as config_lib
 from bv.core.model_init import bv_checkpoint_path, load_pretrained
 from bv.core.tasks import Task, get_task
 from bv.core.data import sources
+from bv.core.files import write_text
 from bv.core.train_data import TrainData
 
 log = logging.getLogger("bv.eval")
@@ -112,14 +112,9 @@ def evaluate(
 
 def write_results(results: dict[str, float], out: str, source: str) -> str:
     """``out/eval_metrics.json`` (atomically): the source and its metrics."""
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, RESULTS_FILE)
-    fd, tmp = tempfile.mkstemp(prefix=f".{RESULTS_FILE}.", dir=out)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"model": source, "metrics": results}, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return write_text(
+        os.path.join(out, RESULTS_FILE), json.dumps({"model": source, "metrics": results}, indent=2) + "\n"
+    )
 
 
 def _split_own_flags(argv: list[str]) -> tuple[dict[str, Any], list[str]]:

@@ -38,7 +38,7 @@ class Registry(Generic[T]):
         """Decorator that registers a factory under ``name``."""
 
         def decorator(factory: T) -> T:
-            if name in self._entries and not replace and self._entries[name] is not factory:
+            if name in self._entries and not replace and self._entries[name] != factory:  # equal: the same entry again
                 raise ValueError(f"{self.kind} {name!r} is already registered by {self._entries[name]!r}.")
             self._entries[name] = factory
             return factory

@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from typing import Any, Mapping
 
 import ml_collections
 
 from bv.core import durations, sharding
+from bv.core.files import write_text
 
 RESOLVED_FILE = "resolved.json"
 
@@ -120,14 +120,4 @@ def plan_run(config: ml_collections.ConfigDict, train_size: int, mesh: Any, proc
 
 def save_plan(plan: RunPlan, workdir: str) -> str:
     """Writes ``workdir/resolved.json`` atomically and returns its path."""
-    path = os.path.join(workdir, RESOLVED_FILE)
-    fd, tmp = tempfile.mkstemp(prefix=f".{RESOLVED_FILE}.", dir=workdir)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(plan.to_json() + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_text(os.path.join(workdir, RESOLVED_FILE), plan.to_json() + "\n")

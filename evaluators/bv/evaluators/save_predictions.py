@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -24,6 +23,7 @@ import numpy as np
 
 from bv.core import registry
 from bv.core.data import input_pipeline
+from bv.core.files import atomic_write
 from bv.evaluators import common
 
 FORMATS = ("npz", "jsonl")
@@ -173,23 +173,11 @@ def _fixed_width(values: np.ndarray) -> np.ndarray:
 
 
 def _write_atomically(path: str, arrays: Mapping[str, np.ndarray], fmt: str) -> None:
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if fmt == "npz":
-                np.savez(f, **arrays)  # type: ignore[arg-type]
-            else:
-                names = list(arrays)
-                for i in range(len(arrays["index"])):
-                    row = {k: arrays[k][i].tolist() for k in names}
-                    f.write((json.dumps(row) + "\n").encode("utf-8"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        if fmt == "npz":
+            np.savez(f, **arrays)  # type: ignore[arg-type]
+        else:
+            names = list(arrays)
+            for i in range(len(arrays["index"])):
+                row = {k: arrays[k][i].tolist() for k in names}
+                f.write((json.dumps(row) + "\n").encode("utf-8"))

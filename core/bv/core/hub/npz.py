@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Iterable
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from bv.core.files import atomic_write
 from bv.core.tree import flatten_with_names
 
 __all__ = ["WRAPPERS", "flat_leaves", "load_npz", "save_npz", "split_npz_path"]
@@ -182,16 +182,5 @@ def save_npz(path: str | os.PathLike[str], params: Any, *, dtype: Any = None) ->
     arrays = {name: _to_storable(name, leaf, target) for name, leaf in flat_leaves(params).items()}
     if not arrays:
         raise ValueError("Nothing to save: the params have no arrays.")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stubs type **kwds as bool
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private (0600); give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy stubs type **kwds as bool
