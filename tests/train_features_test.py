@@ -13,16 +13,20 @@ from bv.core.config import load_config
 from bv.core.tree import flatten_with_names
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    workdir = tmp_path_factory.mktemp("run")
+def _config(workdir: Path):
     config = load_config("bv.vit.configs.mnist:runlocal")
     config.input.data.data_dir = str(workdir.parent / "tfds")
     config.ema = dict(decay=0.5, start_step=2)
     config.profile = dict(start_step=3, num_steps=2)
     # Given as a fraction of training: the config keeps the fraction, resolved.json the steps.
     config.schedule = dict(decay_type="cosine", warmup_percent=0.5)
-    final = train.train(config, str(workdir))
+    return config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    workdir = tmp_path_factory.mktemp("run")
+    final = train.train(_config(workdir), str(workdir))
     return workdir, final
 
 
@@ -61,3 +65,14 @@ def test_the_config_object_is_not_changed_by_training(tmp_path: Path) -> None:
     before = config.to_json()
     train.train(config, None)
     assert config.to_json() == before
+
+
+def test_a_finished_workdir_is_not_trained_or_evaluated_again(
+    run: tuple[Path, dict], capsys: pytest.CaptureFixture
+) -> None:
+    workdir, final = run
+    before = {p: p.read_bytes() for p in (workdir / "metrics.jsonl", workdir / "checkpoints" / "LAST") if p.exists()}
+    again = train.train(_config(workdir), str(workdir))
+    assert "already at the last step (6); nothing to do" in capsys.readouterr().out
+    assert again["test/prec@1"] == final["test/prec@1"] and again["ema/test/prec@1"] == final["ema/test/prec@1"]
+    assert {p: p.read_bytes() for p in before} == before
