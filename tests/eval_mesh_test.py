@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from bv.core import evaluate, train  # noqa: F401  (run by the subprocesses; imported so that Pants ships them)
+
 RUNNER = textwrap.dedent(
     """
     import json, sys

@@ -154,8 +154,15 @@ def hub_model_names() -> list[str]:
     return [n for n in models.names() if models.get(n).hub_class is not None]
 
 
+# Models whose name does not start with their package's: the package to import for them.
+MODEL_PACKAGES: dict[str, str] = {"two_towers": "lit"}
+
+
 def import_model_package(name: str) -> None:
-    """Imports ``bv.<name>`` (``vit`` -> ``bv.vit``, ``bit_paper`` -> ``bv.bit``) so it registers its model.
+    """Imports the package that provides model ``name`` so that it registers it.
+
+    ``vit`` -> ``bv.vit``, ``bit_paper`` -> ``bv.bit`` (the part before the first
+    ``_``), and names listed in :data:`MODEL_PACKAGES` (``two_towers`` -> ``bv.lit``).
 
     A package that is not installed is not an error here: the registry lookup that
     follows lists the known names. A package that is installed but fails to import
@@ -163,7 +170,8 @@ def import_model_package(name: str) -> None:
     """
     base = name.split(".")[0]
     # "bit_paper" lives in bv.bit: try the whole name, then the part before the first "_".
-    for package in dict.fromkeys([base, base.split("_")[0]]):
+    candidates = [MODEL_PACKAGES[base]] if base in MODEL_PACKAGES else []
+    for package in dict.fromkeys([*candidates, base, base.split("_")[0]]):
         module = f"bv.{package}"
         try:
             found = importlib.util.find_spec(module) is not None

@@ -1,8 +1,31 @@
-"""bv-lit: Two-tower image-text models (LiT, CLIP, SigLIP): text transformer, tokenizers,
-contrastive and sigmoid losses, zero-shot and retrieval. Not implemented yet; today the
-package holds its version and build wiring.
+"""bv-lit: two-tower image-text models (LiT, CLIP-style, SigLIP) for the one bv trainer.
+
+``TwoTowers`` pairs any registered bv image model with ``TextTransformer``
+(big_vision's text tower); it is registered as the ``two_towers`` model (kind
+``image_text``). ``ImageTextTask`` trains it as the ``image_text`` task with the
+softmax contrastive or the sigmoid loss of ``bv.lit.losses``.
 """
 
+from bv.core import registry
 from bv.lit.version import __version__
+from bv.lit.losses import chunked_sigmoid_loss, get_loss, sigmoid_loss, sigmoid_loss_sharded, softmax_contrastive_loss
+from bv.lit.text_transformer import TextTransformer, create_text_transformer
+from bv.lit.two_towers import TEXT_TOWERS, TwoTowers, create_two_towers
+from bv.lit.task import ImageTextTask
 
-__all__ = ["__version__"]
+registry.register_model("two_towers", create_two_towers, kind="image_text")
+
+__all__ = [
+    "__version__",
+    "ImageTextTask",
+    "TEXT_TOWERS",
+    "TextTransformer",
+    "TwoTowers",
+    "chunked_sigmoid_loss",
+    "create_text_transformer",
+    "create_two_towers",
+    "get_loss",
+    "sigmoid_loss",
+    "sigmoid_loss_sharded",
+    "softmax_contrastive_loss",
+]
