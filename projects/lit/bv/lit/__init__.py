@@ -3,7 +3,9 @@
 ``TwoTowers`` pairs any registered bv image model with ``TextTransformer``
 (big_vision's text tower); it is registered as the ``two_towers`` model (kind
 ``image_text``). ``ImageTextTask`` trains it as the ``image_text`` task with the
-softmax contrastive or the sigmoid loss of ``bv.lit.losses``.
+softmax contrastive or the sigmoid loss of ``bv.lit.losses``. ``TwoTowerModel`` is its
+Hub class: ``save_pretrained``/``from_pretrained``/``push_to_hub``, big_vision two-tower
+``.npz`` checkpoints, ``embed_image``/``embed_text``.
 """
 
 from bv.core import registry
@@ -12,14 +14,16 @@ from bv.lit.losses import chunked_sigmoid_loss, get_loss, sigmoid_loss, sigmoid_
 from bv.lit.text_transformer import TextTransformer, create_text_transformer
 from bv.lit.two_towers import TEXT_TOWERS, TwoTowers, create_two_towers
 from bv.lit.task import ImageTextTask
+from bv.lit.pretrained import TwoTowerModel
 
-registry.register_model("two_towers", create_two_towers, kind="image_text")
+registry.register_model("two_towers", create_two_towers, hub_class=TwoTowerModel, kind="image_text")
 
 __all__ = [
     "__version__",
     "ImageTextTask",
     "TEXT_TOWERS",
     "TextTransformer",
+    "TwoTowerModel",
     "TwoTowers",
     "chunked_sigmoid_loss",
     "create_text_transformer",

@@ -134,7 +134,7 @@ def test_param_names_match_big_vision_two_towers() -> None:
 
 def test_registered_as_an_image_text_model_with_clear_errors() -> None:
     entry = registry.model_entry("two_towers")
-    assert entry.kind == "image_text" and entry.factory is create_two_towers and entry.hub_class is None
+    assert entry.kind == "image_text" and entry.factory is create_two_towers and entry.hub_class is bv.lit.TwoTowerModel
     with pytest.raises(ValueError, match="two_towers has no classes.*config.model.out_dim"):
         create_two_towers(num_classes=10)
     with pytest.raises(ValueError, match="Unknown text_model 'bert'.*text_transformer"):
