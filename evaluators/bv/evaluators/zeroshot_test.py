@@ -3,7 +3,6 @@ import os
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
 
 import json  # noqa: E402
-import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Mapping, Sequence  # noqa: E402
 
@@ -21,38 +20,10 @@ from bv.core.data import build_from_arrays, get_builder  # noqa: E402
 from bv.core.tasks import Task  # noqa: E402
 from bv.evaluators import EvaluatorConfigError, ZeroShotEvaluator  # noqa: E402
 from bv.evaluators.class_names import DIGIT_WORDS  # noqa: E402
-from bv.pp.tokenizers import Tokenizer  # noqa: E402
-
-
-@registry.tokenizers.register("test_words", replace=True)
-class WordTokenizer(Tokenizer):
-    """Lower-case words to ids: 0 is padding, 1 unknown, then ``vocab`` in order; punctuation is dropped."""
-
-    def __init__(self, vocab: Sequence[str]):
-        self.vocab = ["<pad>", "<unk>", *vocab]
-        self.ids = {w: i for i, w in enumerate(self.vocab)}
-
-    def to_int(self, text: Any, *, bos: bool = False, eos: bool = False) -> Any:
-        one = lambda t: [self.ids.get(w, 1) for w in re.findall(r"[a-z0-9]+", str(t).lower())]  # noqa: E731
-        return one(text) if isinstance(text, str) else [one(t) for t in text]
-
-    def to_str(self, ids: Any, *, stop_at_eos: bool = True) -> Any:
-        return " ".join(self.vocab[i] for i in ids if i)
-
-    def to_piece(self, idx: int) -> str:
-        return self.vocab[idx]
-
-    def to_id(self, piece: str) -> int:
-        return self.ids[piece]
-
-    vocab_size = property(lambda self: len(self.vocab))
-    pad_token = property(lambda self: 0)
-    eos_token = property(lambda self: -1)
-    bos_token = property(lambda self: -1)
 
 
 def _pp_txt(vocab: Sequence[str], max_len: int) -> str:
-    spec = f"test_words(vocab={tuple(vocab)!r})"
+    spec = f"words(vocab={tuple(vocab)!r})"
     return f"tokenize(max_len={max_len}, eos='none', tokenizer={spec!r}, pad_value=0, inkey='texts', outkey='labels')"
 
 
@@ -60,13 +31,13 @@ def _pp_txt(vocab: Sequence[str], max_len: int) -> str:
 # Hand-computed zero-shot accuracy with known embeddings.
 # ---------------------------------------------------------------------------
 
-# A text embeds as the sum of its words' vectors (ids: 0 pad, 1 unk, 2 cat, 3 dog, 4 big).
+# A text embeds as the sum of its words' vectors (the words tokenizer: 0 pad, 1 unk, 2 eos, 3 bos, 4 cat, 5 dog, 6 big).
 WORDS = {"cat": [1.0, 0.0], "dog": [0.0, 1.0], "big": [0.0, 10.0]}
 # Image i (all pixels i) embeds as row i; labels 0 cat, 0 cat, 1 dog, 1 dog.
 IMAGES = [[1.0, 0.0], [0.0, 1.0], [0.3, 0.954], [1.0, 0.0]]
 LABELS = [0, 1, 0, 1]
 PARAMS = {
-    "words": jnp.asarray([[0.0, 0.0], [0.0, 0.0], *WORDS.values()]),
+    "words": jnp.asarray([[0.0, 0.0]] * 4 + list(WORDS.values())),
     "img": jnp.asarray(IMAGES),
 }
 
@@ -167,7 +138,7 @@ class _TextTower(nn.Module):
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
         mask = (tokens > 0)[..., None].astype(jnp.float32)
-        x = nn.Embed(len(VOCAB) + 2, 32)(tokens)
+        x = nn.Embed(len(VOCAB) + 4, 32)(tokens)
         return nn.Dense(32)((x * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0))
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import functools
 import os
+import re
 from typing import Any, Callable, Iterable, Sequence, cast
 
 import numpy as np
@@ -326,6 +327,81 @@ class SentencePieceTokenizer(Tokenizer):
     @property
     def bos_token(self) -> int:
         return int(self._sp.bos_id())
+
+
+# ---------------------------------------------------------------- words
+
+
+@tokenizers.register("words")
+class WordTokenizer(Tokenizer):
+    """Lower-case words (runs of ``a-z0-9``) to ids over a fixed vocabulary; punctuation is dropped.
+
+    For small closed vocabularies (captions made from labels, tests), where training a
+    SentencePiece model would be overkill. Ids: 0 pads, 1 is unknown, 2 ends a text
+    (eos), 3 starts one (bos), then ``vocab`` in order.
+    """
+
+    SPECIALS = ("<pad>", "<unk>", "</s>", "<s>")
+
+    def __init__(self, vocab: Sequence[str]):
+        if isinstance(vocab, str) or not vocab:
+            raise ValueError(f"words(vocab=...) takes a non-empty sequence of words, got {vocab!r}.")
+        words = [str(w).lower() for w in vocab]
+        bad = [w for w in words if not re.fullmatch(r"[a-z0-9]+", w)]
+        if bad or len(set(words)) != len(words):
+            raise ValueError(f"words(vocab=...) needs distinct lower-case words of a-z0-9; check {bad or words}.")
+        self.vocab = [*self.SPECIALS, *words]
+        self.ids = {w: i for i, w in enumerate(self.vocab)}
+
+    def __repr__(self) -> str:
+        return f"WordTokenizer(vocab_size={self.vocab_size})"
+
+    def _one(self, text: Any) -> Ids:
+        return [self.ids.get(w, 1) for w in re.findall(r"[a-z0-9]+", _decode(text).lower())]
+
+    def to_int(self, text: str | Sequence[str], *, bos: bool = False, eos: bool = False) -> Ids | list[Ids]:
+        head, tail = ([self.bos_token] if bos else []), ([self.eos_token] if eos else [])
+        if isinstance(text, (str, bytes)):
+            return head + self._one(text) + tail
+        return [head + self._one(t) + tail for t in text]
+
+    def to_str(self, ids: Any, *, stop_at_eos: bool = True) -> str | list[str]:
+        if isinstance(ids, (tf.Tensor, tf.RaggedTensor)):
+            ids = ids.to_list() if isinstance(ids, tf.RaggedTensor) else ids.numpy()
+
+        def one(row: Iterable[Any]) -> str:
+            row = [int(i) for i in row]
+            if stop_at_eos and self.eos_token in row:
+                row = row[: row.index(self.eos_token)]
+            return " ".join(self.vocab[i] for i in row if i not in (self.pad_token, self.bos_token))
+
+        return [one(row) for row in ids] if _is_batch(ids) else one(ids)
+
+    def to_piece(self, idx: int) -> str:
+        if not 0 <= int(idx) < self.vocab_size:
+            raise ValueError(f"id {idx} is outside the vocabulary [0, {self.vocab_size}).")
+        return self.vocab[int(idx)]
+
+    def to_id(self, piece: str) -> int:
+        if piece not in self.ids:
+            raise ValueError(f"{piece!r} is not in this tokenizer's vocabulary.")
+        return self.ids[piece]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def pad_token(self) -> int:
+        return 0
+
+    @property
+    def eos_token(self) -> int:
+        return 2
+
+    @property
+    def bos_token(self) -> int:
+        return 3
 
 
 # ---------------------------------------------------------------- lookup

@@ -179,3 +179,18 @@ def test_model_without_bos(tmp_path):
     assert no_bos.bos_token == -1
     with pytest.raises(ValueError, match="no bos token"):
         no_bos.to_int("cat", bos=True)
+
+
+def test_words_tokenizer_maps_a_closed_vocabulary() -> None:
+    tok = get_tokenizer("words(vocab=('a', 'photo', 'of', 'seven'))")
+    assert tok.vocab_size == 8 and (tok.pad_token, tok.eos_token, tok.bos_token) == (0, 2, 3)
+    assert tok.to_int("A photo of... seven!", bos=True, eos=True) == [3, 4, 5, 6, 7, 2]
+    assert tok.to_int(["a cat", "seven"]) == [[4, 1], [7]]  # unknown words are 1
+    assert tok.to_str([4, 5, 6, 7, 2, 0, 0]) == "a photo of seven"
+    assert tok.to_piece(7) == "seven" and tok.to_id("photo") == 5
+    pp = bv.pp.get_preprocess_fn("tokenize(6, eos='yes', tokenizer=\"words(vocab=('a', 'photo', 'of', 'seven'))\")")
+    assert pp({"text": "a photo of seven"})["labels"].numpy().tolist() == [4, 5, 6, 7, 2, 0]
+    with pytest.raises(ValueError, match="distinct lower-case words"):
+        get_tokenizer("words(vocab=('a', 'a'))")
+    with pytest.raises(ValueError, match="not in this tokenizer's vocabulary"):
+        tok.to_id("dog")

@@ -1,9 +1,8 @@
 """The image_text task inside the real trainer: softmax and sigmoid losses, zero-shot and retrieval evals, LiT."""
 
 import json
-import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,6 @@ from bv.core.data import build_from_arrays
 from bv.core.tasks import get_task
 from bv.core.tree import flatten_with_names
 from bv.lit.task import ImageTextTask
-from bv.pp.tokenizers import Tokenizer
 
 CLASSES = ["zero", "one", "two", "three"]
 VOCAB = ["a", "photo", "of", "the", "digit", *CLASSES]
@@ -25,35 +23,8 @@ TXT_LEN = 6
 PP_IMG = "decode(channels=1)|value_range(-1, 1)"
 
 
-@registry.tokenizers.register("lit_test_words", replace=True)
-class WordTokenizer(Tokenizer):
-    """Lower-case words to ids: 0 pads, 1 is unknown, then ``vocab`` in order."""
-
-    def __init__(self, vocab: Sequence[str]):
-        self.vocab = ["<pad>", "<unk>", *vocab]
-        self.ids = {w: i for i, w in enumerate(self.vocab)}
-
-    def to_int(self, text: Any, *, bos: bool = False, eos: bool = False) -> Any:
-        one = lambda t: [self.ids.get(w, 1) for w in re.findall(r"[a-z0-9]+", str(t).lower())]  # noqa: E731
-        return one(text) if isinstance(text, str) else [one(t) for t in text]
-
-    def to_str(self, ids: Any, *, stop_at_eos: bool = True) -> Any:
-        return " ".join(self.vocab[i] for i in ids if i)
-
-    def to_piece(self, idx: int) -> str:
-        return self.vocab[idx]
-
-    def to_id(self, piece: str) -> int:
-        return self.ids[piece]
-
-    vocab_size = property(lambda self: len(self.vocab))
-    pad_token = property(lambda self: 0)
-    eos_token = property(lambda self: -1)
-    bos_token = property(lambda self: -1)
-
-
 PP_TXT = (
-    f"tokenize(max_len={TXT_LEN}, eos='none', tokenizer={f'lit_test_words(vocab={tuple(VOCAB)!r})'!r}, "
+    f"tokenize(max_len={TXT_LEN}, eos='none', tokenizer={f'words(vocab={tuple(VOCAB)!r})'!r}, "
     "pad_value=0, inkey='texts', outkey='labels')"
 )
 
@@ -84,7 +55,7 @@ def _config(
     config.model = dict(
         image_model="vit",
         image=dict(variant="mu/4", head_zeroinit=False),
-        text=dict(variant="mu", vocab_size=len(VOCAB) + 2, pool_type="gap"),
+        text=dict(variant="mu", vocab_size=len(VOCAB) + 4, pool_type="gap"),
         out_dim=16,
         temperature_init=10.0,
         bias_init=-10.0 if loss.startswith("sigmoid") else None,
