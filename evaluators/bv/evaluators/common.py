@@ -76,6 +76,15 @@ def named_output(outputs: Any, name: str, where: str) -> jax.Array:
     return extras[name]
 
 
+def check_data(data: Any, where: str, example: str = "dict(name='mnist5k', split='test')") -> None:
+    """An evaluator's ``data`` must be a dict with ``name`` and ``split``; else an error showing ``example``."""
+    if not isinstance(data, Mapping) or "name" not in data or "split" not in data:
+        raise EvaluatorConfigError(
+            f"{where}: an evaluator's data needs 'name' and 'split', e.g. {example}; "
+            f"got {dict(data) if isinstance(data, Mapping) else data!r}."
+        )
+
+
 class EvalData:
     """One split, preprocessed, padded and masked, as global batches laid out for ``mesh``.
 
@@ -98,11 +107,7 @@ class EvalData:
         keys: Sequence[str] | None = None,
         host_keys: Sequence[str] = (),
     ):
-        if not isinstance(data, Mapping) or "name" not in data or "split" not in data:
-            raise EvaluatorConfigError(
-                f"{where}: an evaluator's data needs 'name' and 'split', e.g. "
-                f"dict(name='mnist5k', split='test'); got {dict(data) if isinstance(data, Mapping) else data!r}."
-            )
+        check_data(data, where)
         shards = sharding.batch_shards(mesh)
         if batch_size <= 0 or batch_size % shards:
             raise EvaluatorConfigError(

@@ -130,10 +130,7 @@ class RetrievalEvaluator:
         self.where = where
         embed_image = common.pick(predict_fns, pred_image, where, key="pred_image")
         embed_text = common.pick(predict_fns, pred_text, where, key="pred_text")
-        if not isinstance(data, Mapping) or "name" not in data or "split" not in data:
-            raise common.EvaluatorConfigError(
-                f"{where}: data needs 'name' and 'split', e.g. dict(name='coco_captions', split='val'); got {data!r}."
-            )
+        common.check_data(data, where, example="dict(name='coco_captions', split='val')")
         self.ks = tuple(sorted({int(k) for k in ks}))
         if not self.ks or self.ks[0] < 1:
             raise common.EvaluatorConfigError(f"{where}: ks must be positive integers, got {ks!r}.")
