@@ -4,7 +4,8 @@ Configs name a tokenizer with a spec string such as ``"sp(model='c4_en')"``; the
 looked up in ``bv.core.registry.tokenizers`` and :func:`get_tokenizer` keeps one instance
 per spec, so a model file is read once however many pp ops use it.
 
-SentencePiece models are local files. There are no downloads: a config may say
+Tokenizers: ``sp`` (SentencePiece), ``words`` (a closed word list) and ``hf`` (a Hugging
+Face ``tokenizer.json``, e.g. BERT's WordPiece). Model files are local files. There are no downloads: a config may say
 ``model='c4_en'`` once the program has called ``register_sp_model('c4_en', '/path/to/file')``.
 """
 
@@ -419,3 +420,118 @@ def get_tokenizer(spec: str) -> Tokenizer:
             f"Tokenizer spec {spec!r} built a {type(tokenizer).__name__}, not a bv.pp.tokenizers.Tokenizer."
         )
     return tokenizer
+
+
+# ---------------------------------------------------------------- Hugging Face tokenizer.json
+
+# Special tokens by role, as the common Hugging Face vocabularies spell them (BERT's first).
+HF_SPECIALS = {
+    "bos": ("[CLS]", "<s>", "<|startoftext|>", "<bos>"),
+    "eos": ("[SEP]", "</s>", "<|endoftext|>", "<eos>"),
+    "pad": ("[PAD]", "<pad>"),
+}
+
+
+@tokenizers.register("hf")
+class HFTokenizer(Tokenizer):
+    """A Hugging Face ``tokenizer.json`` (WordPiece for BERT, BPE, Unigram) read with the ``tokenizers`` library.
+
+    ``path`` is the file or a folder holding it (a transformers or sentence-transformers
+    model folder). ``to_int`` gives the bare word pieces; the special tokens come from the
+    ``bos``/``eos`` flags, so the ``tokenize`` pp op writes BERT's input with
+    ``add_bos=True, eos="sticky", pad_value="[PAD]"``: ``[CLS] ... [SEP] [PAD] ...``, a cut
+    text still ending in ``[SEP]``. The bos, eos and pad tokens are found by their usual
+    spellings (``[CLS]``/``<s>``, ``[SEP]``/``</s>``, ``[PAD]``/``<pad>``) or given by name.
+    The file's own padding and truncation settings are switched off: the pp op fits lengths.
+    """
+
+    def __init__(self, path: str, bos: str | None = None, eos: str | None = None, pad: str | None = None):
+        import tokenizers as hf_tokenizers  # type: ignore[import-untyped]
+
+        file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else os.path.expanduser(path)
+        if not os.path.isfile(file):
+            raise FileNotFoundError(
+                f"hf(path={path!r}): no tokenizer.json there. Pass the file, or a model folder that holds one."
+            )
+        try:
+            self._tok = hf_tokenizers.Tokenizer.from_file(file)
+        except Exception as e:  # the library raises a bare Exception for a malformed file
+            raise ValueError(f"hf(path={path!r}): {file} is not a Hugging Face tokenizer.json ({e}).") from e
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        self.path = file
+        self._special = {
+            role: self._find(role, given) for role, given in (("bos", bos), ("eos", eos), ("pad", pad))
+        }
+
+    def _find(self, role: str, given: str | None) -> int:
+        if given is not None:
+            idx = self._tok.token_to_id(given)
+            if idx is None:
+                raise ValueError(f"hf(path={self.path!r}): {role}={given!r} is not in the vocabulary.")
+            return int(idx)
+        for piece in HF_SPECIALS[role]:
+            idx = self._tok.token_to_id(piece)
+            if idx is not None:
+                return int(idx)
+        return -1
+
+    def __repr__(self) -> str:
+        return f"HFTokenizer(path={self.path!r}, vocab_size={self.vocab_size})"
+
+    def _marks(self, bos: bool, eos: bool) -> tuple[Ids, Ids]:
+        for flag, role in ((bos, "bos"), (eos, "eos")):
+            if flag and self._special[role] < 0:
+                raise ValueError(
+                    f"The tokenizer {self.path} has no {role} token (looked for {', '.join(HF_SPECIALS[role])}); "
+                    f"name it with hf(path=..., {role}='...') or don't ask for it."
+                )
+        return ([self._special["bos"]] if bos else []), ([self._special["eos"]] if eos else [])
+
+    def to_int(self, text: str | Sequence[str], *, bos: bool = False, eos: bool = False) -> Ids | list[Ids]:
+        head, tail = self._marks(bos, eos)
+        if isinstance(text, (str, bytes)):
+            return head + self._tok.encode(_decode(text), add_special_tokens=False).ids + tail
+        encodings = self._tok.encode_batch([_decode(t) for t in text], add_special_tokens=False)
+        return [head + e.ids + tail for e in encodings]
+
+    def to_str(self, ids: Any, *, stop_at_eos: bool = True) -> str | list[str]:
+        if isinstance(ids, (tf.Tensor, tf.RaggedTensor)):
+            ids = ids.to_list() if isinstance(ids, tf.RaggedTensor) else ids.numpy()
+
+        def one(row: Iterable[Any]) -> str:
+            row = [int(i) for i in row]
+            if stop_at_eos and self.eos_token in row:
+                row = row[: row.index(self.eos_token)]
+            marks = {self.bos_token, self.eos_token, self.pad_token}
+            return str(self._tok.decode([i for i in row if i not in marks], skip_special_tokens=True))
+
+        return [one(row) for row in ids] if _is_batch(ids) else one(ids)
+
+    def to_piece(self, idx: int) -> str:
+        piece = self._tok.id_to_token(int(idx)) if 0 <= int(idx) < self.vocab_size else None
+        if piece is None:
+            raise ValueError(f"id {idx} is outside the vocabulary [0, {self.vocab_size}) of {self.path}.")
+        return str(piece)
+
+    def to_id(self, piece: str) -> int:
+        idx = self._tok.token_to_id(piece)
+        if idx is None:
+            raise ValueError(f"{piece!r} is not in the vocabulary of {self.path}.")
+        return int(idx)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+    @property
+    def pad_token(self) -> int:
+        return self._special["pad"]
+
+    @property
+    def eos_token(self) -> int:
+        return self._special["eos"]
+
+    @property
+    def bos_token(self) -> int:
+        return self._special["bos"]
