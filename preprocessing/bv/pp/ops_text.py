@@ -208,3 +208,48 @@ def get_coco_captions(outkey: str = "captions") -> PPOp:
         return {**data, outkey: captions["text"]}
 
     return coco_captions
+
+
+@pp_ops.register("label_caption")
+@inkey_outkey(indefault="label", outdefault="texts", with_seed=True)
+def get_label_caption(
+    class_names: Any, templates: Any = ("{}",), sample: bool = True
+) -> Callable[[tf.Tensor, tf.Tensor | None], tf.Tensor]:
+    """A caption made from an int class label: ``templates`` with the class's name written into ``{}``.
+
+    ``class_names`` holds one entry per label id: a name, or a list of names for the class
+    ("seven", "7"). With ``sample`` (for training) one name and one template are drawn at
+    random per example (from the example's seed); without it the caption is the first template
+    with the first name, so evaluation is deterministic. Turns a classification data set into
+    image-text pairs, as for LiT on class labels.
+    """
+    names = [[n] if isinstance(n, str) else list(n) for n in class_names]
+    if not names or any(not group or not all(isinstance(n, str) for n in group) for group in names):
+        raise ValueError(
+            f"label_caption: class_names must hold a name or a non-empty list of names per class, got {class_names!r}."
+        )
+    templates = [templates] if isinstance(templates, str) else list(templates)
+    if not templates or any(not isinstance(t, str) or t.count("{}") != 1 for t in templates):
+        raise ValueError(f"label_caption: each template must be a string with one '{{}}', got {templates!r}.")
+    width = max(len(group) for group in names)
+    # [class, name slot, template]: a class with fewer names repeats its first to fill the slots.
+    table = [[[t.replace("{}", (group + group[:1] * width)[i]) for t in templates] for i in range(width)] for group in names]
+    counts = [len(group) for group in names]
+
+    def label_caption(label: tf.Tensor, seed: tf.Tensor | None) -> tf.Tensor:
+        if label.shape.rank != 0 or not label.dtype.is_integer:
+            raise ValueError(f"label_caption needs one int class label per example, got {label.dtype.name}{label.shape}.")
+        tf.debugging.assert_less(label, tf.cast(len(names), label.dtype), message="label_caption: label beyond class_names")
+        label = tf.cast(label, tf.int32)
+        if not sample:
+            return tf.gather(tf.constant(table), label)[0, 0]
+        if seed is None:
+            u = tf.random.uniform([2])
+        else:
+            u = tf.random.stateless_uniform([2], seed)
+        count = tf.gather(tf.constant(counts), label)
+        name = tf.minimum(tf.cast(u[0] * tf.cast(count, tf.float32), tf.int32), count - 1)
+        template = tf.minimum(tf.cast(u[1] * len(templates), tf.int32), len(templates) - 1)
+        return tf.gather_nd(tf.constant(table), tf.stack([label, name, template]))
+
+    return label_caption

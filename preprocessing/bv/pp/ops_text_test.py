@@ -236,3 +236,22 @@ def test_strjoin_and_coco_captions():
         assert out["captions"].tolist() == [b"one", b"two"]
     with pytest.raises(KeyError, match="'text' entry"):
         run("coco_captions", {"captions": {"id": [1]}})
+
+
+def test_label_caption_samples_names_and_templates_and_is_fixed_without_sample():
+    names = [["zero", "0"], "one"]
+    templates = ["a photo of the number {}", "handwritten {}"]
+    op = bv.pp.get_preprocess_fn(f"label_caption(class_names={names!r}, templates={templates!r})")
+    seen = {op({"label": tf.constant(i % 2), "_rng": tf.constant([i, 7])})["texts"].numpy().decode() for i in range(60)}
+    assert seen == {
+        "a photo of the number zero", "a photo of the number 0", "handwritten zero", "handwritten 0",
+        "a photo of the number one", "handwritten one",
+    }  # fmt: skip
+    fixed = bv.pp.get_preprocess_fn(f"label_caption(class_names={names!r}, templates={templates!r}, sample=False)")
+    assert fixed({"label": tf.constant(1, tf.int64)})["texts"].numpy() == b"a photo of the number one"
+    with pytest.raises(ValueError, match="one '{}'"):
+        bv.pp.get_preprocess_fn("label_caption(class_names=['a'], templates=['no field'])")
+    with pytest.raises(ValueError, match="a name or a non-empty list"):
+        bv.pp.get_preprocess_fn("label_caption(class_names=[[], 'b'])")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="beyond class_names"):
+        op({"label": tf.constant(5)})
