@@ -5,7 +5,13 @@ The source may be
 - a bv training workdir (its latest checkpoint) or one checkpoint folder;
 - a Hub repo id (``org/name``, with ``config.model_load.revision``) or a local
   model folder, in bv's format or timm's;
-- a big_vision ``.npz`` checkpoint, optionally ``path.npz:subtree``.
+- a big_vision ``.npz`` checkpoint, optionally ``path.npz:subtree``;
+- a dict from a top-level part of the params to a source, to load parts from
+  different places, as big_vision's two-tower models do: ``dict(img="runs/vit_mnist")``
+  loads only the image tower (``img/...``) and leaves the rest freshly initialised.
+  A bv checkpoint fills its part by name; other formats are read by the model's Hub
+  class (``load_part_params``). ``dont_load`` patterns that start with ``<part>/``
+  apply to that part (``"img/head/.*"``).
 
 Parameters whose names match a ``dont_load`` regex (typically the head,
 ``head/.*``) keep their fresh initialisation; every other parameter must be in
@@ -16,7 +22,7 @@ position embedding is resampled to the new resolution).
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import ml_collections
 
@@ -39,7 +45,7 @@ def bv_checkpoint_path(source: str) -> str | None:
 
 
 def load_pretrained(
-    source: str,
+    source: str | Mapping[str, str],
     init_params: Any,
     *,
     dont_load: Sequence[str] = (),
@@ -53,6 +59,14 @@ def load_pretrained(
     """
     hub_cls = _hub_class(config) if config is not None else None
     target = _target_config(config) if config is not None else None
+    if isinstance(source, ml_collections.ConfigDict):
+        source = source.to_dict()
+    if isinstance(source, Mapping):
+        return _load_parts(source, init_params, dont_load=dont_load, hub_cls=hub_cls, target=target, revision=revision)
+    if not isinstance(source, str):
+        raise TypeError(
+            f"config.model_init must be a path or repo id, or a dict from a part of the params to one; got {source!r}."
+        )
     ckpt = bv_checkpoint_path(source)
     if ckpt is not None:
         loaded = dict(flatten_with_names(checkpoint.load_params(ckpt)))
@@ -67,6 +81,42 @@ def load_pretrained(
             "formats (Hub repos, timm folders, big_vision .npz)."
         )
     return hub_cls.load_params_for(source, target, init_params, dont_load=dont_load, revision=revision)
+
+
+def _load_parts(
+    sources: Mapping[str, str],
+    init_params: Any,
+    *,
+    dont_load: Sequence[str],
+    hub_cls: Any,
+    target: HubConfig | None,
+    revision: str | None,
+) -> Any:
+    """``init_params`` with the parts named in ``sources`` (top-level keys) loaded, each from its own source."""
+    params = dict(init_params)
+    for part, source in sources.items():
+        what = f"config.model_init[{part!r}]={source!r}"
+        if part not in params:
+            raise ValueError(f"{what}: the model has no part {part!r}; its top-level params are {sorted(params)}.")
+        if not isinstance(source, str):
+            raise TypeError(f"{what}: expected a path or repo id.")
+        prefix = part + "/"
+        part_dont_load = [p[len(prefix) :] for p in dont_load if p.startswith(prefix)]
+        ckpt = bv_checkpoint_path(source)
+        if ckpt is not None:
+            loaded = dict(flatten_with_names(checkpoint.load_params(ckpt)))
+            adapt = None
+            if hub_cls is not None and target is not None:
+                adapt = lambda n, v, s: hub_cls.adapt_param(prefix + n, v, s, target)  # noqa: E731
+            params[part] = fit_params(loaded, params[part], dont_load=part_dont_load, adapt=adapt, what=what)
+            continue
+        load_part = getattr(hub_cls, "load_part_params", None)
+        if load_part is None or target is None:
+            raise ValueError(
+                f"{what} is not a bv checkpoint, and the model has no Hub class that reads parts from other formats."
+            )
+        params[part] = load_part(part, source, target, params[part], dont_load=part_dont_load, revision=revision)
+    return params
 
 
 def _hub_class(config: ml_collections.ConfigDict) -> Any:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -50,11 +51,17 @@ def _lookup(example: Mapping[str, Any], path: tuple[str, ...], where: str) -> tf
     return node
 
 
-def max_captions(builder: tfds.core.DatasetBuilder, split: str, path: tuple[str, ...], where: str) -> int:
+def max_captions(
+    builder: tfds.core.DatasetBuilder,
+    split: str,
+    path: tuple[str, ...],
+    where: str,
+    example_pp: Callable[[dict[str, Any]], dict[str, Any]] = dict,
+) -> int:
     """The largest number of captions an example of ``split`` has (reads the split once, images undecoded)."""
     skip = {k: tfds.decode.SkipDecoding() for k in ("image",) if k in builder.info.features}
     ds = builder.as_dataset(split=split, shuffle_files=False, decoders=skip or None)
-    count = tf.autograph.experimental.do_not_convert(lambda ex: tf.size(_lookup(ex, path, where)))
+    count = tf.autograph.experimental.do_not_convert(lambda ex: tf.size(_lookup(example_pp(dict(ex)), path, where)))
     counts = ds.map(count, num_parallel_calls=tf.data.AUTOTUNE)
     most = int(counts.reduce(tf.constant(0), tf.maximum).numpy())
     if most == 0:
@@ -62,30 +69,22 @@ def max_captions(builder: tfds.core.DatasetBuilder, split: str, path: tuple[str,
     return most
 
 
-def image_to_text_ranks(zimg: np.ndarray, ztxt: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """For each image with captions: how many other captions score at least as high as its best one."""
-    ranks = []
-    chunk = max(1, 2**24 // max(len(ztxt), 1))
-    for start in range(0, len(zimg), chunk):
-        ids = np.arange(start, min(start + chunk, len(zimg)))
-        scores = zimg[ids] @ ztxt.T
-        positive = owner[None, :] == ids[:, None]
-        best = np.where(positive, scores, -np.inf).max(axis=1)
-        rank = np.sum(~positive & (scores >= best[:, None]), axis=1)
-        ranks.append(rank[positive.any(axis=1)])
-    return np.concatenate(ranks)
+def ranks(queries: np.ndarray, items: np.ndarray, positive: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """For each query with a positive item: how many negative items score at least as high as its best positive.
 
-
-def text_to_image_ranks(zimg: np.ndarray, ztxt: np.ndarray, owner: np.ndarray) -> np.ndarray:
-    """For each caption: how many other images score at least as high as its own image."""
-    ranks = []
-    chunk = max(1, 2**24 // max(len(zimg), 1))
-    for start in range(0, len(ztxt), chunk):
-        ids = np.arange(start, min(start + chunk, len(ztxt)))
-        scores = ztxt[ids] @ zimg.T
-        own = scores[np.arange(len(ids)), owner[ids]]
-        ranks.append(np.sum(scores >= own[:, None], axis=1) - 1)  # the own image is counted once
-    return np.concatenate(ranks)
+    ``positive(ids)`` gives the ``[len(ids), items]`` mask of the positives of the queries ``ids``.
+    A rank below k is a hit at Recall@k; a tie with a negative counts against the positive.
+    """
+    out = []
+    chunk = max(1, 2**24 // max(len(items), 1))
+    for start in range(0, len(queries), chunk):
+        ids = np.arange(start, min(start + chunk, len(queries)))
+        scores = queries[ids] @ items.T
+        pos = positive(ids)
+        best = np.where(pos, scores, -np.inf).max(axis=1)
+        rank = np.sum(~pos & (scores >= best[:, None]), axis=1)
+        out.append(rank[pos.any(axis=1)])
+    return np.concatenate(out)
 
 
 @registry.evaluators.register("retrieval")
@@ -103,6 +102,11 @@ class RetrievalEvaluator:
       (``fn(params, tokens) -> ztxt | (ztxt, extras)``): the task's predict functions.
     - ``normalize``: compare unit-length embeddings (cosine similarity), as contrastive
       models are trained; False uses the raw dot product.
+    - ``pp_example``: pp run on the raw example first, e.g. to write captions from a class
+      label (``label_caption(...)``) for a classification data set.
+    - ``label_key``: match by class instead of by example: every caption of an image of
+      class c is a positive of every image of class c (and the reverse), so Recall@k is the
+      share of queries with an item of their own class among the k best.
     """
 
     def __init__(
@@ -123,6 +127,8 @@ class RetrievalEvaluator:
         data_dir: str | None = None,
         workdir: str | None = None,
         cache: bool = False,
+        pp_example: str | None = None,
+        label_key: str | None = None,
         name: str = "retrieval",
     ):
         del workdir  # Nothing to write.
@@ -137,12 +143,16 @@ class RetrievalEvaluator:
         self.normalize = normalize
         path = tuple(text_key.split("/")) if isinstance(text_key, str) else tuple(text_key)
         builder = input_pipeline.get_builder(data["name"], data.get("data_dir", data_dir))
-        most = max_captions(builder, data["split"], path, where)
+        example_pp = bv.pp.get_preprocess_fn(pp_example) if pp_example else dict
+        most = max_captions(builder, data["split"], path, where, example_pp)
         image_pp = bv.pp.get_preprocess_fn(pp_img)
         tokens_fn, spec = text_tokens_fn(pp_txt, tokens_key, where)
+        self.label_key = label_key
+        keys = ("image", TEXTS, TEXTS_MASK) + ((label_key,) if label_key else ())
 
         @tf.autograph.experimental.do_not_convert  # plain Python: config errors surface as they are
         def preprocess(example: dict[str, Any]) -> dict[str, tf.Tensor]:
+            example = example_pp(dict(example))
             texts = tf.reshape(_lookup(example, path, where), [-1])
             count = tf.shape(texts)[0]
             texts = tf.concat([texts, tf.fill([most - count], "")], axis=0)
@@ -152,11 +162,16 @@ class RetrievalEvaluator:
                 raise common.EvaluatorConfigError(
                     f"{where}: pp_img={pp_img!r} leaves no 'image' (keys: {sorted(image)})."
                 )
-            return {
+            out = {
                 "image": image["image"],
                 TEXTS: tf.ensure_shape(tokens, [most, *spec.shape]),
                 TEXTS_MASK: tf.range(most) < count,
             }
+            if label_key:
+                if label_key not in example or example[label_key].shape.rank != 0:
+                    raise common.EvaluatorConfigError(f"{where}: label_key={label_key!r} must name a scalar label.")
+                out[label_key] = tf.cast(example[label_key], tf.int32)
+            return out
 
         self.data = common.EvalData(
             data,
@@ -166,7 +181,7 @@ class RetrievalEvaluator:
             where=where,
             data_dir=data_dir,
             cache=cache,
-            keys=("image", TEXTS, TEXTS_MASK),
+            keys=keys,
         )
 
         def embed(params: Any, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
@@ -184,32 +199,36 @@ class RetrievalEvaluator:
                 "ztxt": ztxt.reshape(rows, per_row, -1),
                 "txt_mask": batch[TEXTS_MASK] & batch["_mask"][:, None],
                 "mask": batch["_mask"],
+                "label": batch[label_key] if label_key else batch["_mask"].astype(jnp.int32),
             }
 
         self._embed = jax.jit(embed, out_shardings=common.replicated(mesh))
 
-    def embeddings(self, params: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Image embeddings ``[images, dim]``, caption embeddings ``[captions, dim]``, each caption's image."""
-        parts: dict[str, list[np.ndarray]] = {"zimg": [], "ztxt": [], "txt_mask": [], "mask": []}
+    def embeddings(self, params: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Image embeddings ``[images, dim]``, caption embeddings ``[captions, dim]``, each caption's image,
+        and each image's label (its index without ``label_key``)."""
+        parts: dict[str, list[np.ndarray]] = {"zimg": [], "ztxt": [], "txt_mask": [], "mask": [], "label": []}
         for batch, _ in self.data.batches():
             out = jax.device_get(self._embed(params, batch))
             for key in parts:
                 parts[key].append(np.asarray(out[key]))
-        zimg, ztxt, txt_mask, mask = (np.concatenate(parts[k], axis=0) for k in ("zimg", "ztxt", "txt_mask", "mask"))
+        zimg, ztxt, txt_mask, mask, label = (np.concatenate(parts[k], axis=0) for k in parts)
         image_of_row = np.cumsum(mask) - 1  # real images are numbered in row order
         owner = np.broadcast_to(image_of_row[:, None], txt_mask.shape)[txt_mask]
         zimg, ztxt = zimg[mask].astype(np.float32), ztxt[txt_mask].astype(np.float32)
+        label = label[mask] if self.label_key else np.arange(len(zimg))
         if self.normalize:
             zimg, ztxt = unit(zimg), unit(ztxt)
-        return zimg, ztxt, owner
+        return zimg, ztxt, owner, label
 
     def run(self, params: Any) -> dict[str, float]:
         """Recall@k in both directions over the whole split."""
-        zimg, ztxt, owner = self.embeddings(params)
+        zimg, ztxt, owner, label = self.embeddings(params)
         if not len(zimg) or not len(ztxt):
             raise ValueError(f"{self.where}: the evaluation saw {len(zimg)} images and {len(ztxt)} captions.")
-        i2t = image_to_text_ranks(zimg, ztxt, owner)
-        t2i = text_to_image_ranks(zimg, ztxt, owner)
+        txt_label = label[owner]  # without label_key, an image's "label" is its index: match by example
+        i2t = ranks(zimg, ztxt, lambda ids: txt_label[None, :] == label[ids][:, None])
+        t2i = ranks(ztxt, zimg, lambda ids: label[None, :] == txt_label[ids][:, None])
         results = {f"img2txt_R@{k}": float(np.mean(i2t < k)) for k in self.ks}
         results.update({f"txt2img_R@{k}": float(np.mean(t2i < k)) for k in self.ks})
         return results

@@ -138,3 +138,34 @@ def test_bad_configs_name_the_evaluator_and_the_fix(data_dir: Path) -> None:
     with pytest.raises(EvaluatorConfigError, match=r"not the tokens key 'tokens'"):
         _evaluator(data_dir, mesh, 2, tokens_key="tokens")
     assert registry.evaluators.get("retrieval") is RetrievalEvaluator
+
+
+def test_class_level_recall_with_captions_written_from_labels(tmp_path: Path) -> None:
+    """label_key matches by class; pp_example writes each image's caption from its label."""
+    features = tfds.features.FeaturesDict(
+        {"image": tfds.features.Image(shape=(2, 2, 1)), "label": tfds.features.ClassLabel(num_classes=2)}
+    )
+
+    def examples():  # type: ignore[no-untyped-def]
+        for i, label in enumerate([0, 1, 0, 1]):
+            yield i, {"image": np.full((2, 2, 1), i, np.uint8), "label": label}
+
+    custom.write_dataset("four_labelled", features, {"test": examples}, data_dir=str(tmp_path))
+    mesh = Mesh(np.asarray(jax.devices()[:2]), ("data",))
+    evaluator = _evaluator(
+        tmp_path,
+        mesh,
+        2,
+        data={"name": "four_labelled", "split": "test"},
+        text_key="texts",
+        pp_example="label_caption(class_names=['0', '1'], sample=False)",
+        label_key="label",
+    )
+    # Captions: label 0 -> t0 (10°), label 1 -> t1 (95°); images 0°, 90°, 180°, 330° with labels 0, 1, 0, 1.
+    # Image -> text: images 0 and 1 are closest to a caption of their class; image 2 (180°) is nearer the
+    # two 95° captions (gap 85°) than to its class's 10° ones (170°), image 3 (330°) nearer the two 10°
+    # ones (40°) than its 95° ones (125°): ranks 0, 0, 2, 2.
+    # Text -> image: the 10° captions' best image is image 0 (class 0), the 95° ones' image 1 (class 1).
+    assert evaluator.run(PARAMS) == pytest.approx(
+        {"img2txt_R@1": 0.5, "img2txt_R@3": 1.0, "txt2img_R@1": 1.0, "txt2img_R@3": 1.0}
+    )
