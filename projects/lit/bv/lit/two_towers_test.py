@@ -137,8 +137,8 @@ def test_registered_as_an_image_text_model_with_clear_errors() -> None:
     assert entry.kind == "image_text" and entry.factory is create_two_towers and entry.hub_class is bv.lit.TwoTowerModel
     with pytest.raises(ValueError, match="two_towers has no classes.*config.model.out_dim"):
         create_two_towers(num_classes=10)
-    with pytest.raises(ValueError, match="Unknown text_model 'bert'.*text_transformer"):
-        _shapes(create_two_towers(image=VIT, text_model="bert"))
+    with pytest.raises(ValueError, match="Unknown text_model 'bart'.*bert.*text_transformer"):
+        _shapes(create_two_towers(image=VIT, text_model="bart"))
     with pytest.raises(registry.UnknownNameError, match="Unknown model 'vitt'"):
         _shapes(create_two_towers(image_model="vitt", text=TEXT))
     # big_vision's module path for the text tower is accepted, so its configs read unchanged.
