@@ -233,13 +233,19 @@ def get_label_caption(
         raise ValueError(f"label_caption: each template must be a string with one '{{}}', got {templates!r}.")
     width = max(len(group) for group in names)
     # [class, name slot, template]: a class with fewer names repeats its first to fill the slots.
-    table = [[[t.replace("{}", (group + group[:1] * width)[i]) for t in templates] for i in range(width)] for group in names]
+    table = [
+        [[t.replace("{}", (group + group[:1] * width)[i]) for t in templates] for i in range(width)] for group in names
+    ]
     counts = [len(group) for group in names]
 
     def label_caption(label: tf.Tensor, seed: tf.Tensor | None) -> tf.Tensor:
         if label.shape.rank != 0 or not label.dtype.is_integer:
-            raise ValueError(f"label_caption needs one int class label per example, got {label.dtype.name}{label.shape}.")
-        tf.debugging.assert_less(label, tf.cast(len(names), label.dtype), message="label_caption: label beyond class_names")
+            raise ValueError(
+                f"label_caption needs one int class label per example, got {label.dtype.name}{label.shape}."
+            )
+        tf.debugging.assert_less(
+            label, tf.cast(len(names), label.dtype), message="label_caption: label beyond class_names"
+        )
         label = tf.cast(label, tf.int32)
         if not sample:
             return tf.gather(tf.constant(table), label)[0, 0]

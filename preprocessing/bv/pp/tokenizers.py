@@ -460,9 +460,7 @@ class HFTokenizer(Tokenizer):
         self._tok.no_padding()
         self._tok.no_truncation()
         self.path = file
-        self._special = {
-            role: self._find(role, given) for role, given in (("bos", bos), ("eos", eos), ("pad", pad))
-        }
+        self._special = {role: self._find(role, given) for role, given in (("bos", bos), ("eos", eos), ("pad", pad))}
 
     def _find(self, role: str, given: str | None) -> int:
         if given is not None:
