@@ -50,7 +50,7 @@ PP_DIGITS = "decode(channels=1)|resize(28)|value_range(-1, 1)"
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    opts = parse_arg(arg, vit_workdir="runs/vit_mnist", text_init="minilm", train_names="both", runlocal=False)
+    opts = parse_arg(arg, vit_workdir="runs/vit_mnist", text_init="minilm", train_names="words", runlocal=False)
     if opts.text_init not in ("minilm", "random"):
         raise ValueError(f"lit_mnist: text_init must be 'minilm' or 'random', got {opts.text_init!r}.")
     config = ml_collections.ConfigDict()
