@@ -33,10 +33,46 @@ import jax.numpy as jnp
 import ml_collections
 
 from bv.core import registry
+from bv.core.config import ConfigError
 from bv.core.tasks import Batch, Metrics, Params, Task
 from bv.lit import losses
 
 DEFAULT_MODEL = "two_towers"
+
+
+def pp_tokenizers(pp: str) -> list[tuple[str, Any]]:
+    """(op spec, tokenizer) of each ``tokenize`` op of a pp string."""
+    import inspect
+
+    from bv.pp.ops_text import get_tokenize, resolve_tokenizer
+
+    found = []
+    for spec in pp.split("|"):
+        if not spec.strip() or registry.parse_call(spec)[0] != "tokenize":
+            continue
+        _, args, kwargs = registry.parse_call(spec)
+        bound = inspect.signature(get_tokenize).bind_partial(*args, **kwargs).arguments
+        found.append((spec.strip(), resolve_tokenizer(bound.get("model"), bound.get("tokenizer"))))
+    return found
+
+
+def check_vocab(pp: str, model: Any) -> None:
+    """Fails early when the training pp's tokenizer makes ids the text tower has no embedding for.
+
+    An id past the embedding table would not fail in JAX (a gather out of bounds gives NaN or
+    a clamped row): the run would diverge or learn nonsense instead of stopping.
+    """
+    tower = model.text_tower() if hasattr(model, "text_tower") else None
+    vocab = getattr(tower, "vocab_size", None)
+    if vocab is None:
+        return
+    for spec, tokenizer in pp_tokenizers(pp):
+        if tokenizer.vocab_size > vocab:
+            raise ConfigError(
+                f"The tokenizer of {spec!r} makes ids up to {tokenizer.vocab_size - 1}, but the text tower embeds "
+                f"only {vocab} ids (config.model.text.vocab_size={vocab}). Use the tokenizer the tower was trained "
+                f"with, or set vocab_size to at least {tokenizer.vocab_size}."
+            )
 
 
 def _tower_extras(out: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -66,6 +102,9 @@ class ImageTextTask(Task):
                 "(SigLIP starts it at -10, with config.model.temperature_init=10)."
             )
         self.text_key = config.get("text_key", "labels")
+        input_pp = (config.get("input") or {}).get("pp")
+        if isinstance(input_pp, str):
+            check_vocab(input_pp, self.model)
 
     def init(self, rng: jax.Array, batch_spec: Mapping[str, jax.ShapeDtypeStruct]) -> Params:
         for key in ("image", self.text_key):

@@ -203,3 +203,10 @@ def test_config_mistakes_are_clear_errors(data_dir: str) -> None:
         get_task(config).init(jax.random.PRNGKey(0), {**spec, "labels": spec["image"]})
     with pytest.raises(TypeError, match="int token ids"):
         get_task(_config(data_dir, evals=False)).init(jax.random.PRNGKey(0), {**spec, "labels": spec["image"]})
+
+
+def test_a_tokenizer_larger_than_the_embedding_table_fails_before_training(data_dir: str) -> None:
+    config = _config(data_dir, evals=False)
+    config.model.text.vocab_size = len(VOCAB)  # the words tokenizer adds 4 special ids
+    with pytest.raises(ValueError, match=rf"makes ids up to {len(VOCAB) + 3}.*embeds only {len(VOCAB)} ids"):
+        get_task(config)

@@ -73,6 +73,14 @@ class TextTransformer(nn.Module):
         out: dict[str, Any] = {}
         x = out["embedded"] = nn.Embed(num_embeddings=self.vocab_size, features=self.width)(text)
         _, length, width = x.shape
+        if self.has_variable("params", "pos_embedding"):
+            made_for = self.get_variable("params", "pos_embedding").shape[1]
+            if made_for != length:
+                raise ValueError(
+                    f"The text transformer's position embedding is made for {made_for} tokens, got texts of "
+                    f"{length}: tokenize to exactly {made_for} (longer texts are cut by tokenize(max_len={made_for}, "
+                    "eos='sticky'), keeping their end token)."
+                )
         posemb = self.param(
             "pos_embedding", nn.initializers.normal(stddev=1 / math.sqrt(width)), (1, length, width), jnp.float32
         )

@@ -109,3 +109,10 @@ def test_bad_inputs_and_options_are_clear_errors() -> None:
         create_text_transformer(None, pool_type="tok", **SMALL)
     with pytest.raises(ValueError, match="int token ids of shape \\[batch, length\\]"):
         _shapes(create_text_transformer(None, **SMALL), jnp.zeros((2, 6), jnp.float32))
+
+
+def test_texts_of_another_length_than_the_position_embedding_are_a_clear_error() -> None:
+    model = create_text_transformer(variant="mu", depth=1, vocab_size=10)
+    params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
+    with pytest.raises(ValueError, match="made for 8 tokens, got texts of 12.*tokenize to exactly 8"):
+        model.apply(params, jnp.zeros((1, 12), jnp.int32))
