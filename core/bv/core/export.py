@@ -148,6 +148,7 @@ def build_model(
         labels=_labels(config),
         extra={"trained_steps": int(step), "dataset": ",".join(datasets)},
     )
+    hub_config = hub_cls.config_from_run(hub_config, config)
     if ema and "ema" not in checkpoint.top_level_entries(ckpt):
         raise ExportError(f"{ckpt} holds no EMA of the params: the run did not set config.ema. Drop --ema.")
     params = checkpoint.load_params(ckpt, subtree="ema" if ema else "params")

@@ -182,6 +182,15 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
         return None
 
     @classmethod
+    def config_from_run(cls, config: HubConfig, run_config: Any) -> HubConfig:
+        """The Hub config of a model exported from a training run (``bv-export``), given the run's config.
+
+        ``config`` is what the exporter read from any run (model settings, the first classification
+        eval's pp); a model whose runs carry more (a text tower's token length) fills it in here.
+        """
+        return config
+
+    @classmethod
     def from_timm_folder(
         cls, timm_config: Mapping[str, Any], weights: Mapping[str, np.ndarray]
     ) -> tuple[HubConfig, Params]:

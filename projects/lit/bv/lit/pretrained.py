@@ -33,6 +33,7 @@ A folder or Hub repo of a transformers ``SiglipModel`` (``config.json`` with ``m
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -213,6 +214,54 @@ class TwoTowerModel(PretrainedModel, tags=["lit", "siglip", "image-text", "zero-
             what=what,
         )
 
+    # ---- from a training run (bv-export) and text in ---------------------------------------------
+
+    @classmethod
+    def config_from_run(cls, config: HubConfig, run_config: Any) -> HubConfig:
+        """Takes the image pp, the text pp and the token length from the run's zero-shot or retrieval eval."""
+        from bv.core.export import inference_pp
+
+        pp_img = pp_txt = tokens_key = None
+        for entry in (run_config.get("evals") or {}).values():
+            entry = dict(entry)
+            datasets = [dict(d) for d in dict(entry.get("datasets") or {}).values()]
+            pp_img = pp_img or entry.get("pp_img") or next((d["pp_img"] for d in datasets if d.get("pp_img")), None)
+            if entry.get("pp_txt") and not pp_txt:
+                pp_txt, tokens_key = entry["pp_txt"], entry.get("tokens_key", "labels")
+        model = dict(config.model)
+        extra = dict(config.extra)
+        if pp_txt:
+            text_len = _max_len(pp_txt)
+            if text_len:
+                model["text_len"] = text_len
+            extra.update(pp_txt=pp_txt, tokens_key=tokens_key)
+        pp, resolution, channels = inference_pp(pp_img) if pp_img else (config.pp, config.resolution, config.channels)
+        return dataclasses.replace(
+            config, model=model, extra=extra, pp=pp, resolution=resolution or config.resolution, channels=channels
+        )
+
+    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        """Token ids ``[len(texts), text_len]`` by the text pp the model was trained with (``config.extra["pp_txt"]``).
+
+        Models exported by ``bv-export`` from a run with a zero-shot or retrieval eval carry it; for
+        others, tokenize with the pp op the tower expects (``tokenize(max_len=..., tokenizer=...)``).
+        """
+        import tensorflow as tf
+
+        import bv.pp
+
+        pp_txt = self.config.extra.get("pp_txt")
+        if not pp_txt:
+            raise ValueError(
+                "This model does not say how its texts were tokenized (no pp_txt in its config's extra). "
+                "Tokenize with the tokenize pp op the text tower was trained with."
+            )
+        key = self.config.extra.get("tokens_key") or "labels"
+        if isinstance(texts, str):
+            raise TypeError("tokenize takes a list of texts; wrap a single one in a list.")
+        fn = bv.pp.get_preprocess_fn(pp_txt)
+        return np.stack([np.asarray(fn({"texts": tf.constant(t)})[key]) for t in texts])
+
     # ---- one tower from its own checkpoint (config.model_init = dict(img=..., txt=...)) -----------
 
     @classmethod
@@ -346,6 +395,16 @@ class TwoTowerModel(PretrainedModel, tags=["lit", "siglip", "image-text", "zero-
 
 
 # ---------------------------------------------------------------------------------------- helpers
+
+
+def _max_len(pp_txt: str) -> int | None:
+    """The ``max_len`` of the tokenize op of a text pp string."""
+    for spec in pp_txt.split("|"):
+        if spec.strip() and registry.parse_call(spec)[0] == "tokenize":
+            _, args, kwargs = registry.parse_call(spec)
+            value = kwargs.get("max_len", args[0] if args else None)
+            return int(value) if value is not None else None
+    return None
 
 
 def _text_len(config: HubConfig) -> int:
