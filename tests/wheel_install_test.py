@@ -108,3 +108,10 @@ print(md.version("bv-core"), md.version("bv-vit"), bv.vit.__version__)
         text=True,
     )
     assert "site-packages" in where.stdout
+
+    # bv-lit's README example (zero-shot on a few digits, a save/load round trip) runs on the installed wheels.
+    readme = (Path(__file__).parent.parent / "projects" / "lit" / "README.md").read_text()
+    example = re.findall(r"```python\n(.*?)```", readme, flags=re.S)[0]
+    lit = subprocess.run([str(python), "-c", example], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert lit.returncode == 0, lit.stderr[-3000:]
+    assert "(8, 10)" in lit.stdout
