@@ -74,7 +74,7 @@ class TextTransformer(nn.Module):
         x = out["embedded"] = nn.Embed(num_embeddings=self.vocab_size, features=self.width)(text)
         _, length, width = x.shape
         if self.has_variable("params", "pos_embedding"):
-            made_for = self.get_variable("params", "pos_embedding").shape[1]
+            made_for: int = self.get_variable("params", "pos_embedding").shape[1]
             if made_for != length:
                 raise ValueError(
                     f"The text transformer's position embedding is made for {made_for} tokens, got texts of "

@@ -22,7 +22,8 @@ tower trained the same way reaches 97.1%, 70.3% and 28.7%. Class-level text-to-i
 R@1 100%. Table and details: the bv-lit README ("The offline demo").
 
 Arguments: ``vit_workdir`` (the stage-1 workdir, default ``runs/vit_mnist``),
-``text_init`` (``minilm``, or ``random`` for the floor), ``runlocal`` (a few steps of a
+``text_init`` (``minilm``, or ``random`` for the floor), ``train_names`` (``words``, the
+default, or ``both`` to train on the numerals too), ``runlocal`` (a few steps of a
 tiny text tower, for smoke tests; needs no MiniLM).
 """
 
