@@ -7,6 +7,7 @@ Importing this package registers the evaluators in ``bv.core.registry.evaluators
 from bv.evaluators.build import ScheduledEvaluator, build_evaluators
 from bv.evaluators.classification import ClassificationEvaluator
 from bv.evaluators.common import EvalData, Evaluator, EvaluatorConfigError
+from bv.evaluators.distance import DistanceEvaluator
 from bv.evaluators.fewshot import FewshotEvaluator
 from bv.evaluators.imagenet_variants import ImageNetV2Evaluator, RealEvaluator
 from bv.evaluators.perplexity import MeanEvaluator, PerplexityEvaluator
@@ -16,6 +17,7 @@ from bv.evaluators.zeroshot import ZeroShotEvaluator
 
 __all__ = [
     "ClassificationEvaluator",
+    "DistanceEvaluator",
     "EvalData",
     "Evaluator",
     "EvaluatorConfigError",

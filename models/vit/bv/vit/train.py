@@ -14,6 +14,24 @@ DEFAULT_CONFIG = "bv.vit.configs.mnist"
 DEFAULT_WORKDIR = "runs/vit_mnist"
 
 
+def ensure_trained(workdir: str = DEFAULT_WORKDIR) -> None:
+    """Trains the default config into ``workdir`` unless a checkpoint is already there.
+
+    Projects whose demos start from the README's MNIST ViT (bv-lit's LiT, bv-distill's teacher) call it.
+    """
+    from bv.core.model_init import bv_checkpoint_path
+
+    try:
+        trained = bv_checkpoint_path(workdir) is not None
+    except FileNotFoundError:  # a workdir without a complete checkpoint
+        trained = False
+    if trained:
+        print(f"Using the MNIST ViT in {workdir}.", flush=True)
+        return
+    print(f"Training the MNIST ViT into {workdir} ({DEFAULT_CONFIG}).", flush=True)
+    train.main(["--config", DEFAULT_CONFIG, "--workdir", workdir])
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     gives_workdir = any(a == "--workdir" or a.startswith("--workdir=") for a in argv)

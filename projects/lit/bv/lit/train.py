@@ -9,12 +9,11 @@ of it into ``--workdir``. Other arguments go to stage 2's ``bv-train`` (``--conf
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Sequence
 
 from bv.core import train
-from bv.core.model_init import bv_checkpoint_path
+from bv.vit.train import ensure_trained
 
 DEFAULT_CONFIG = "bv.lit.configs.lit_mnist"
 DEFAULT_WORKDIR = "runs/lit_mnist"
@@ -34,15 +33,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not any(a == "--config" or a.startswith("--config=") for a in rest):
         rest += ["--config", f"{DEFAULT_CONFIG}:vit_workdir={known.vit_workdir}"]
 
-    try:
-        has_vit = bv_checkpoint_path(known.vit_workdir) is not None
-    except FileNotFoundError:
-        has_vit = False
-    if has_vit:
-        logging.getLogger(__name__).warning("Stage 1: using the ViT in %s.", known.vit_workdir)
-    else:
-        print(f"Stage 1: training the MNIST ViT into {known.vit_workdir} (bv.vit.configs.mnist).", flush=True)
-        train.main(["--config", "bv.vit.configs.mnist", "--workdir", known.vit_workdir])
+    print("Stage 1: the image tower.", flush=True)
+    ensure_trained(known.vit_workdir)
     print(f"Stage 2: LiT with the MiniLM text tower ({' '.join(rest)}).", flush=True)
     train.main(rest, default_config=DEFAULT_CONFIG)
 
