@@ -16,6 +16,7 @@ import tensorflow_datasets as tfds
 from bv.bit import BiTPaper
 from bv.core import checkpoint, train
 from bv.core.config import load_config
+from bv.distill.configs import bit_i1k, flowers_pet  # noqa: F401  (loaded by name below)
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,7 @@ from bv.core.tasks import get_task
 from bv.core.tree import flatten_with_names
 from bv.lit import TwoTowerModel
 from bv.lit import train as lit_train
-from bv.lit.configs import lit_mnist
+from bv.lit.configs import lit_coco, lit_i1k, lit_mnist, siglip_replication  # noqa: F401  (loaded by name)
 
 
 def _params(workdir: Path) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ from bv.core.config import ConfigError, load_config
 from bv.core.tasks import get_task
 from bv.core.tree import flatten_with_names
 from bv.distill import DistillTask, distance
+from bv.distill.configs import distill_mnist  # noqa: F401  (loaded by name below)
 from bv.distill.teachers import Teacher
 from bv.vit import ViT
 
