@@ -9,6 +9,8 @@ needs to change how gradients become updates (SAM) overrides ``grads``.
 from __future__ import annotations
 
 import abc
+import importlib
+import importlib.util
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -110,4 +112,6 @@ def get_task(config: ml_collections.ConfigDict) -> Task:
     name = config.get("task", "classification")
     if name not in registry.tasks and config.get("model_name"):
         registry.import_model_package(config.model_name)  # model packages may bring tasks (bv.vit: FlexiViT)
+    if name not in registry.tasks and importlib.util.find_spec(f"bv.{name}") is not None:
+        importlib.import_module(f"bv.{name}")  # a project named after its task (bv.distill: "distill")
     return registry.tasks.get(name)(config)
