@@ -82,17 +82,17 @@ def test_teacher_and_student_see_the_same_pixels_and_the_teacher_stays_frozen(
     assert len(np.unique(np.round(pixels * 127.5 + 127.5, 3))) > 256  # mixup made values between pixel levels
 
     # The teacher's params are what its folder holds, bit for bit, after training; none were saved.
-    (teacher,) = loaded
+    (frozen,) = loaded
     stored = dict(flatten_with_names(ViT.from_pretrained(teacher_dir).params))
-    for name, value in flatten_with_names(teacher.params):
+    for name, value in flatten_with_names(frozen.params):
         np.testing.assert_array_equal(np.asarray(value), np.asarray(stored[name]), err_msg=name)
     latest = checkpoint.latest(str(tmp_path))
     assert latest is not None
     saved = dict(flatten_with_names(checkpoint.load_params(latest)))
     fresh = get_task(_config(teacher_dir))
     spec = {"image": jax.ShapeDtypeStruct((1, 28, 28, 1), jnp.float32)}
-    student = dict(flatten_with_names(jax.eval_shape(lambda: fresh.init(jax.random.PRNGKey(0), spec))))
-    assert saved.keys() == student.keys()
+    shapes = dict(flatten_with_names(jax.eval_shape(lambda: fresh.init(jax.random.PRNGKey(0), spec))))
+    assert saved.keys() == shapes.keys()
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any("distill_kl" in r and "agree@1" in r for r in logged)
     assert any("teacher_distance/agree@1" in r for r in logged)
@@ -134,4 +134,6 @@ def test_kl_and_xent_are_the_textbook_ones() -> None:
         kl = np.sum(p * (np.log(p) - log_softmax(student / t, axis=-1)), axis=-1)
         np.testing.assert_allclose(distance(jnp.asarray(p), jnp.asarray(student), "xent", t), xent, rtol=1e-5)
         np.testing.assert_allclose(distance(jnp.asarray(p), jnp.asarray(student), "kl", t), kl, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(distance(jnp.asarray(softmax(student, -1)), jnp.asarray(student), "kl", 1.0), 0, atol=1e-6)
+    np.testing.assert_allclose(
+        distance(jnp.asarray(softmax(student, -1)), jnp.asarray(student), "kl", 1.0), 0, atol=1e-6
+    )

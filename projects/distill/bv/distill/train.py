@@ -14,7 +14,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from bv.core import train
 from bv.vit.train import ensure_trained
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ensure_trained(args.teacher)
     rows = []
     for epochs in (int(e) for e in args.epochs.split(",")):
-        result = {"epochs": epochs}
+        result: dict[str, Any] = {"epochs": epochs}
         for mode in ("labels", "distill"):
             workdir = os.path.join(args.workdir, f"{mode}_{epochs}ep")
             spec = f"bv.distill.configs.distill_mnist:mode={mode},epochs={epochs},teacher={args.teacher}"

@@ -74,7 +74,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.evals[f"{who}_val"] = dict(base, data=dict(name="imagenet2012", split=split("validation")), **every)
         config.evals[f"{who}_v2"] = dict(base, data=dict(name="imagenet_v2", split=split("test")), **every)
         real = dict(base, pp_fn=pp_eval.format(lbl="real_label"))
-        config.evals[f"{who}_real"] = dict(real, data=dict(name="imagenet2012_real", split=split("validation")), **every)
+        config.evals[f"{who}_real"] = dict(
+            real, data=dict(name="imagenet2012_real", split=split("validation")), **every
+        )
     config.evals.distance_val = dict(
         type="distance",
         data=dict(name="imagenet2012", split=split("validation")),

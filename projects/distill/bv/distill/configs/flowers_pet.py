@@ -33,7 +33,11 @@ DATA = {
 }
 # (epochs, temperature, lr, wd) per data set and variant.
 SETTINGS = {
-    "flowers": {"fast": (10_000, 10.0, 3e-3, 3e-4), "medium": (100_000, 1.0, 1e-3, 1e-4), "long": (1_000_000, 1.0, 3e-4, 1e-5)},
+    "flowers": {
+        "fast": (10_000, 10.0, 3e-3, 3e-4),
+        "medium": (100_000, 1.0, 1e-3, 1e-4),
+        "long": (1_000_000, 1.0, 3e-4, 1e-5),
+    },
     "pet": {"fast": (1_000, 5.0, 1e-2, 1e-3), "medium": (3_000, 10.0, 3e-3, 3e-4), "long": (30_000, 2.0, 3e-3, 1e-5)},
 }
 
@@ -46,7 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
             f"{opts.variant!r}."
         )
     if not opts.teacher:
-        raise ValueError("flowers_pet needs teacher=<a bv folder, Hub repo or big_vision .npz of a BiT (bit_paper) model>.")
+        raise ValueError(
+            "flowers_pet needs teacher=<a bv folder, Hub repo or big_vision .npz of a BiT (bit_paper) model>."
+        )
     data = DATA[opts.data]
     epochs, temperature, lr, wd = SETTINGS[opts.data][opts.variant]
     res = 32 if opts.runlocal else 128
@@ -54,7 +60,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.seed = 0
     config.task = "distill"
 
-    pp_common = f"|value_range(-1, 1)|onehot({data['classes']}, key='label', key_result='labels')|keep('image', 'labels')"
+    pp_common = (
+        f"|value_range(-1, 1)|onehot({data['classes']}, key='label', key_result='labels')|keep('image', 'labels')"
+    )
     config.input = dict(
         data=dict(name=data["name"], split=data["train"]),
         batch_size=512 if not opts.runlocal else 8,
@@ -92,7 +100,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.schedule = dict(decay_type="cosine", warmup_steps=1500 if not opts.runlocal else 1)
 
     def split(name: str) -> str:
-        return data[name] if not opts.runlocal else f"{data[name].split('[')[0]}[:16]"
+        full = str(data[name])
+        return full if not opts.runlocal else f"{full.split('[')[0]}[:16]"
 
     pp_eval = f"decode|resize_small({res * 5 // 4})|central_crop({res})" + pp_common
     config.evals = {}
