@@ -28,7 +28,7 @@ import ml_collections
 
 from bv.core import losses, registry
 from bv.core.config import ConfigError
-from bv.core.tasks import Batch, Metrics, Params, Task, get_model
+from bv.core.tasks import Batch, ClassificationTask, Metrics, Params
 from bv.distill.teachers import Teacher, load_teacher
 
 DISTANCES = ("kl", "xent")
@@ -45,12 +45,15 @@ def distance(teacher_probs: jax.Array, student_logits: jax.Array, kind: str, tem
 
 
 @registry.tasks.register("distill")
-class DistillTask(Task):
-    """A student trained towards its teachers' predictions on the same augmented images."""
+class DistillTask(ClassificationTask):
+    """A student trained towards its teachers' predictions on the same augmented images.
+
+    The student is built, initialised and predicts as in classification; the loss and the
+    teachers' predict functions are distillation's.
+    """
 
     def __init__(self, config: ml_collections.ConfigDict):
         super().__init__(config)
-        self.model = get_model(config)
         self.kind = config.get("distance", "kl")
         if self.kind not in DISTANCES:
             raise ConfigError(f"config.distance must be one of {', '.join(DISTANCES)}, got {self.kind!r}.")
@@ -82,8 +85,7 @@ class DistillTask(Task):
                 raise ConfigError(
                     f"The teacher {teacher.name!r} takes {channels}-channel images; the batch has {image.shape[-1]}."
                 )
-        dummy = jnp.zeros((1, *image.shape[1:]), image.dtype)
-        return self.model.init({"params": rng}, dummy)["params"]
+        return super().init(rng, batch_spec)
 
     def teacher_probs(self, images: jax.Array) -> jax.Array:
         """The teachers' mean softmax (at the temperature) on ``images``."""
@@ -106,16 +108,8 @@ class DistillTask(Task):
             loss = (1 - self.label_weight) * loss + self.label_weight * label_loss
         return loss, metrics
 
-    def logical_axes(self, params: Params) -> Mapping[str, tuple[str | None, ...]] | None:
-        annotate = getattr(self.model, "logical_axes", None)
-        return annotate(params) if callable(annotate) else None
-
     def predict_fns(self) -> dict[str, Callable[..., Any]]:
-        def predict(params: Params, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-            logits, out = self.model.apply({"params": params}, images, train=False)
-            return logits, dict(out)
-
-        fns: dict[str, Callable[..., Any]] = {"predict": predict}
+        fns = super().predict_fns()
         for i, teacher in enumerate(self.teachers):
             # The student's params come in and are ignored: the teacher's are its own, frozen.
             fn = (lambda t: lambda params, images: t.logits(images))(teacher)
