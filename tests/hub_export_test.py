@@ -144,7 +144,7 @@ def test_bv_eval_errors_are_clear(run: tuple[Path, Any], tmp_path: Path, capsys:
 def test_export_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         export.main([str(tmp_path), str(tmp_path / "out")])
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     assert "has no config.json" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -179,3 +179,98 @@ def test_export_push_uploads_the_folder(run: tuple[Path, Any], tmp_path: Path) -
         pulled = ViT.from_pretrained("org/vit-mnist", cache_dir=tmp_path / "cache")
     for a, b in zip(jax.tree.leaves(pulled.params), jax.tree.leaves(ViT.from_pretrained(str(tmp_path / "out")).params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _export_fails(argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("bv-export: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_export_into_the_workdir_is_refused_and_changes_nothing(
+    run: tuple[Path, Any], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root, _ = run
+    workdir = root / "run"
+    before = _snapshot(workdir)
+    err = _export_fails([str(workdir), str(workdir)], capsys)
+    assert f"OUT {str(workdir)!r} is the workdir" in err and "would overwrite the run's own files" in err
+    err = _export_fails([str(workdir), str(workdir / "export")], capsys)
+    assert "is inside the workdir" in err
+    err = _export_fails([str(workdir), str(workdir / "ckpt.npz"), "--format", "big_vision"], capsys)
+    assert "is inside the workdir" in err
+    assert _snapshot(workdir) == before  # config.json intact: the workdir still exports
+    export.main([str(workdir), str(tmp_path / "hub")])
+    assert json.loads((tmp_path / "hub" / "config.json").read_text())["format"] == "bv"
+
+
+def test_export_out_that_is_a_file_or_another_folder_is_refused(
+    run: tuple[Path, Any], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    root, _ = run
+    (tmp_path / "notes.txt").write_text("keep me")
+    err = _export_fails([str(root / "run"), str(tmp_path / "notes.txt")], capsys)
+    assert "is a file; --format bv writes a folder" in err
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "config.json").write_text('{"mine": 1}')
+    (tmp_path / "project" / "train.py").write_text("print('hello')")
+    err = _export_fails([str(root / "run"), str(tmp_path / "project")], capsys)
+    assert "holds other files (config.json, train.py), not an earlier export" in err
+    err = _export_fails([str(root / "run"), str(tmp_path / "project"), "--format", "big_vision"], capsys)
+    assert "is a folder; --format big_vision writes one .npz file" in err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+    assert (tmp_path / "project" / "config.json").read_text() == '{"mine": 1}'
+
+
+def test_export_to_a_full_disk_stops_clearly_and_keeps_the_earlier_export(
+    run: tuple[Path, Any], tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, _ = run
+    export.main([str(root / "run"), str(tmp_path / "hub")])
+    before, run_before = _snapshot(tmp_path / "hub"), _snapshot(root / "run")
+    monkeypatch.setenv("BV_FAIL_AT", "hub.save@0")  # the write fails as on a full disk (OSError ENOSPC)
+    err = _export_fails([str(root / "run"), str(tmp_path / "hub")], capsys)
+    assert "the disk is full" in err and "The folder is as it was before" in err
+    assert _snapshot(tmp_path / "hub") == before
+    assert _snapshot(root / "run") == run_before  # the workdir is only read
+
+
+def test_export_over_an_earlier_export_replaces_it(run: tuple[Path, Any], tmp_path: Path) -> None:
+    root, _ = run
+    export.main([str(root / "run"), str(tmp_path / "hub")])
+    first = _snapshot(tmp_path / "hub")
+    export.main([str(root / "run"), str(tmp_path / "hub")])  # the same run again: allowed, same files
+    assert _snapshot(tmp_path / "hub") == first
+    export.main([str(root / "run"), str(tmp_path / "timm"), "--format", "timm"])
+    export.main([str(root / "run"), str(tmp_path / "timm"), "--format", "timm"])
+
+
+def test_the_hub_token_never_reaches_logs_or_files(
+    run: tuple[Path, Any], tmp_path: Path, capfd: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    import local_hub
+    import local_hub_push
+
+    root, _ = run
+    secret = "hf_bvReliabilityTestSecret0123456789"
+    repos = tmp_path / "repos"
+    caplog.set_level("DEBUG")
+    with local_hub_push.serve_push_endpoint(repos, token=secret) as url, local_hub.use_endpoint(url):
+        os.environ["HF_TOKEN"] = secret
+        try:
+            export.main([str(root / "run"), str(tmp_path / "out"), "--push", "org/secret-test", "--private"])
+        finally:
+            del os.environ["HF_TOKEN"]
+    assert local_hub.repo_history(repos, "org/secret-test"), "nothing was pushed"
+    out, err = capfd.readouterr()
+    assert secret not in out + err and secret not in caplog.text
+    for folder in (tmp_path / "out", root / "run", repos):
+        for name, data in _snapshot(folder).items():
+            assert secret.encode() not in data, f"the token is in {folder / name}"

@@ -40,3 +40,23 @@ def test_unknown_model_name_lists_the_known_models(config, tmp_path: Path) -> No
     with pytest.raises(registry.UnknownNameError, match="Unknown model 'vitt'. Did you mean 'vit'"):
         train.train(config, str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_workdir_of_the_old_checkpoint_format_says_how_to_convert_it(tmp_path: Path, capsys) -> None:
+    old = tmp_path / "run" / "checkpoints" / "ckpt-000000002"
+    old.mkdir(parents=True)
+    (old / "checkpoint.json").write_text('{"format": "bv-checkpoint", "version": 1, "step": 2}')
+    (old / "state.safetensors").write_bytes(b"\0" * 16)
+    before = _files(tmp_path / "run")
+    argv = ["--config", "bv.vit.configs.mnist:runlocal", "--workdir", str(tmp_path / "run")]
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(SystemExit) as exit_info:
+        mp.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+        train.main(argv)
+    assert exit_info.value.code == 2  # a user error: one paragraph on stderr, no traceback
+    err = capsys.readouterr().err
+    assert "checkpoint format 1" in err and f"bv-convert-checkpoints {tmp_path / 'run'}" in err
+    assert _files(tmp_path / "run") == before  # started over? no: nothing was written or deleted

@@ -1,9 +1,11 @@
 """How a checkpoint stores each leaf of the training state, and the record that describes it.
 
-Dtypes safetensors cannot hold (bfloat16 and the other ml_dtypes, complex128) are stored
-as a same-width unsigned-integer view of their bytes, or as raw bytes, so they come back
-bit for bit. Typed PRNG keys are stored as their key data and rewrapped on restore. Arrays
-spread over several processes are gathered by all of them first.
+Arrays are handed to Orbax as they are: a sharded ``jax.Array`` stays sharded, so each
+process writes only the shards it holds and nothing is gathered. Numpy arrays and Python
+numbers (the same value on every process) become numpy arrays. Typed PRNG keys are stored
+as their key data and rewrapped on restore. The record (:class:`Leaf`) keeps each leaf's
+true dtype and shape, which is how a restore checks that a checkpoint fits before it reads
+any array.
 """
 
 from __future__ import annotations
@@ -12,42 +14,11 @@ import dataclasses
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from bv.core import tree
 
-# Dtypes safetensors.numpy stores as themselves; any other dtype is stored as raw bits.
-_NATIVE_DTYPES = frozenset(
-    np.dtype(t)
-    for t in (
-        np.float64,
-        np.float32,
-        np.float16,
-        np.int64,
-        np.int32,
-        np.int16,
-        np.int8,
-        np.uint64,
-        np.uint32,
-        np.uint16,
-        np.uint8,
-        np.bool_,
-        np.complex64,
-    )
-)
-_UINT_OF_WIDTH: dict[int, np.dtype[Any]] = {
-    1: np.dtype(np.uint8),
-    2: np.dtype(np.uint16),
-    4: np.dtype(np.uint32),
-    8: np.dtype(np.uint64),
-}
-
-# How a leaf's bytes sit in the safetensors file.
 _NATIVE = "native"  # the array itself
-_UINT_VIEW = "uint_view"  # a same-width unsigned-integer view (bfloat16 -> uint16)
-_BYTES = "bytes"  # uint8 with an extra trailing axis of the item size (complex128)
 _PRNG_KEY = "prng_key"  # the uint32 key data of a typed jax PRNG key
 
 
@@ -60,6 +31,10 @@ class Leaf:
     shape: tuple[int, ...]  # the logical shape (a typed key array's shape, without the key data axis)
     encoding: str = _NATIVE
     impl: str | None = None  # the PRNG implementation of a typed key
+
+    @property
+    def is_key(self) -> bool:
+        return self.encoding == _PRNG_KEY
 
     def describe(self) -> str:
         return f"{self.dtype}[{','.join(map(str, self.shape))}]"
@@ -89,42 +64,27 @@ def is_prng_key(x: Any) -> bool:
 
 
 def flatten_named(state: Any, what: str) -> tuple[list[tuple[str, Any]], Any]:
+    """The named leaves of ``state`` and its treedef; names must be unique and non-empty."""
     named = tree.flatten_with_names(state)
     treedef = jax.tree_util.tree_structure(state)
     seen: set[str] = set()
     for name, _ in named:
         if name in seen:
             raise ValueError(f"Two leaves of the {what} are both named {name!r}; checkpoint leaf names must be unique.")
-        if name == "__metadata__":
-            raise ValueError(f"A leaf of the {what} is named '__metadata__', which safetensors reserves.")
+        if not name or any(not part for part in name.split("/")):
+            raise ValueError(f"A leaf of the {what} has the name {name!r}; checkpoints need names without empty parts.")
         seen.add(name)
     return named, treedef
 
 
-def encode_state(state: Any) -> tuple[list[Leaf], dict[str, np.ndarray]]:
-    named, _ = flatten_named(state, what="state")
-    leaves, arrays = [], {}
-    for name, value in named:
-        leaf, array = encode(name, value)
-        leaves.append(leaf)
-        arrays[name] = array
-    return leaves, arrays
-
-
-def to_host(name: str, value: Any) -> np.ndarray:
-    if isinstance(value, jax.Array) and not value.is_fully_addressable:
-        # Spread over several processes: every process takes part in gathering the whole array.
-        return np.asarray(multihost_utils.process_allgather(value, tiled=True))
-    return np.asarray(jax.device_get(value))
-
-
-def encode(name: str, value: Any) -> tuple[Leaf, np.ndarray]:
-    """The record and the safetensors-storable array for one leaf."""
+def encode(name: str, value: Any) -> tuple[Leaf, Any]:
+    """The record and the value Orbax stores for one leaf (never gathered across processes)."""
     if is_prng_key(value):
-        data = np.asarray(to_host(name, jax.random.key_data(value)), order="C")
         impl = str(jax.random.key_impl(value))
-        return Leaf(name, str(value.dtype), tuple(value.shape), _PRNG_KEY, impl), data
-    array = np.asarray(to_host(name, value), order="C")
+        return Leaf(name, str(value.dtype), tuple(value.shape), _PRNG_KEY, impl), jax.random.key_data(value)
+    if isinstance(value, jax.Array):
+        return Leaf(name, np.dtype(value.dtype).name, tuple(value.shape)), value
+    array = np.asarray(value)
     if array.dtype.kind in "OUSMm" or array.dtype.fields is not None:
         raise TypeError(
             f"Leaf {name!r} is a {type(value).__name__} of dtype {array.dtype}; a checkpoint's state holds numeric "
@@ -132,40 +92,50 @@ def encode(name: str, value: Any) -> tuple[Leaf, np.ndarray]:
         )
     if not array.dtype.isnative:
         array = array.astype(array.dtype.newbyteorder("="))
-    leaf = Leaf(name, array.dtype.name, tuple(array.shape))
-    if array.dtype in _NATIVE_DTYPES:
-        return leaf, array
-    width = array.dtype.itemsize
-    if width in _UINT_OF_WIDTH:
-        return dataclasses.replace(leaf, encoding=_UINT_VIEW), array.view(_UINT_OF_WIDTH[width])
-    raw = array.reshape(-1).view(np.uint8).reshape(array.shape + (width,))
-    return dataclasses.replace(leaf, encoding=_BYTES), raw
+    return Leaf(name, array.dtype.name, tuple(array.shape)), np.ascontiguousarray(array)
 
 
-def _dtype(name: str) -> np.dtype:
+def stored_shape(leaf: Leaf) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of what is on disk for ``leaf`` (key data for typed keys)."""
+    if leaf.is_key:
+        data = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=leaf.impl)))
+        return leaf.shape + tuple(data.shape), np.dtype(data.dtype)
+    return leaf.shape, dtype_of(leaf.dtype)
+
+
+def dtype_of(name: str) -> np.dtype:
     try:
         return np.dtype(name)
     except TypeError:
         raise TypeError(f"The checkpoint holds a leaf of dtype {name!r}, which this numpy/ml_dtypes does not know.")
 
 
-def decode(leaf: Leaf, stored: np.ndarray, wrap_keys: bool = True) -> Any:
-    """Inverse of :func:`encode`: the leaf's value with its true dtype (a jax key array for typed keys)."""
-    if leaf.encoding == _PRNG_KEY:
-        return jax.random.wrap_key_data(jnp.asarray(stored), impl=leaf.impl) if wrap_keys else stored
-    if leaf.encoding == _NATIVE:
-        return stored
-    if leaf.encoding == _UINT_VIEW:
-        return stored.view(_dtype(leaf.dtype))
-    if leaf.encoding == _BYTES:
-        return np.asarray(stored, order="C").view(_dtype(leaf.dtype)).reshape(leaf.shape)
-    raise ValueError(f"Leaf {leaf.name!r} has an unknown encoding {leaf.encoding!r}; was it written by a newer bv?")
+def decode(leaf: Leaf, stored: Any, wrap_keys: bool = True) -> Any:
+    """Inverse of :func:`encode`: the leaf's value (a jax key array for typed keys, if ``wrap_keys``)."""
+    if leaf.is_key:
+        return jax.random.wrap_key_data(stored, impl=leaf.impl) if wrap_keys else stored
+    if leaf.encoding != _NATIVE:
+        raise ValueError(f"Leaf {leaf.name!r} has an unknown encoding {leaf.encoding!r}; was it written by a newer bv?")
+    return stored
 
 
 def expected_leaf(name: str, like: Any) -> Leaf:
+    """The record a template leaf asks for (the PRNG implementation is not compared)."""
     if is_prng_key(like):
         return Leaf(name, str(like.dtype), tuple(like.shape), _PRNG_KEY)
     if hasattr(like, "shape") and hasattr(like, "dtype"):
         return Leaf(name, np.dtype(like.dtype).name, tuple(like.shape))
     array = np.asarray(like)
     return Leaf(name, array.dtype.name, tuple(array.shape))
+
+
+def nest(named: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``[("a/b", x), ("a/c", y)]`` -> ``{"a": {"b": x, "c": y}}``."""
+    out: dict[str, Any] = {}
+    for name, value in named:
+        *parents, last = name.split("/")
+        node = out
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return out

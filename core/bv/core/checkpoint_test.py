@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from safetensors import safe_open
+import orbax.checkpoint as ocp
 
 from bv.core import checkpoint, checkpoint_leaves
 from bv.core.tree import flatten_with_names
@@ -110,7 +111,9 @@ def test_round_trip_is_bitwise_with_the_same_structure(tmp_path):
     state = _state()
     path = checkpoint.save(str(tmp_path), 12, state, metadata={"data": {"epoch": 1, "index": 96}, "lr": 0.5})
     assert path == os.path.join(str(tmp_path), "checkpoints", "ckpt-000000012")
-    assert sorted(os.listdir(path)) == ["checkpoint.json", "state.safetensors"]
+    # One Orbax item per top-level entry of the state, and the description.
+    assert set(os.listdir(path)) >= set(state) | {"bv"}
+    assert os.path.isfile(os.path.join(path, checkpoint.INFO_FILE))
 
     for template in (state, _shapes(state)):
         restored, metadata = checkpoint.restore(path, template)
@@ -136,21 +139,26 @@ def test_numpy_and_python_leaves_keep_their_kind(tmp_path):
     assert isinstance(restored["s"], np.float32) and restored["s"] == 2.5
 
 
-def test_bfloat16_is_stored_as_a_uint16_view_with_its_true_dtype_recorded(tmp_path):
-    path = checkpoint.save(str(tmp_path), 1, _state())
-    with safe_open(os.path.join(path, "state.safetensors"), framework="np") as f:
-        assert f.get_tensor("params/head/w").dtype == np.uint16
-        assert f.get_tensor("rng_typed").dtype == np.uint32
-        assert f.metadata()["format"] == "bv-checkpoint"
-    with open(os.path.join(path, "checkpoint.json")) as f:
-        leaves = {leaf["name"]: leaf for leaf in json.load(f)["leaves"]}
+def test_a_checkpoint_is_a_plain_orbax_checkpoint_with_true_dtypes_recorded(tmp_path):
+    state = _state()
+    path = checkpoint.save(str(tmp_path), 1, state)
+    # Any Orbax user can read an item without bv: bfloat16 is stored as bfloat16.
+    with ocp.PyTreeCheckpointer() as reader:
+        params = reader.restore(os.path.join(path, "params"))
+    assert np.asarray(params["head"]["w"]).dtype == jnp.bfloat16
+    assert np.asarray(params["head"]["w"]).tobytes() == np.asarray(state["params"]["head"]["w"]).tobytes()
+    info = checkpoint.read_info(path)
+    assert info["format"] == "bv-checkpoint" and info["version"] == checkpoint.FORMAT_VERSION
+    assert {"jax", "orbax-checkpoint"} <= set(info["versions"])
+    leaves = {leaf["name"]: leaf for leaf in info["leaves"]}
     assert leaves["params/head/w"]["dtype"] == "bfloat16"
     assert leaves["rng_split"]["dtype"] == "key<fry>" and leaves["rng_split"]["shape"] == [4]
 
 
-def test_load_params_needs_no_template(tmp_path):
+def test_load_params_needs_no_template_and_never_reads_the_optimizer_state(tmp_path):
     state = _state()
     path = checkpoint.save(str(tmp_path), 3, state)
+    shutil.rmtree(os.path.join(path, "opt"))  # proves the optimizer state is not read
     params = checkpoint.load_params(path)
     assert set(params) == {"enc", "head"} and set(params["enc"]) == {"w", "b"}
     assert isinstance(params["enc"]["w"], np.ndarray)
@@ -158,9 +166,10 @@ def test_load_params_needs_no_template(tmp_path):
     assert params["head"]["w"].dtype == jnp.bfloat16
     assert params["head"]["w"].tobytes() == np.asarray(state["params"]["head"]["w"]).tobytes()
     assert set(checkpoint.load_params(path, "params/enc")) == {"w", "b"}
-    assert set(checkpoint.load_params(path, None)) >= {"params", "opt", "rng_raw", "step"}
     with pytest.raises(KeyError, match="no leaves under 'model'.*'params'"):
         checkpoint.load_params(path, "model")
+    with pytest.raises(checkpoint.CheckpointReadError, match="could not be read"):
+        checkpoint.load_params(path, None)
 
 
 def test_latest_follows_saves_and_pruning_keeps_last_and_every(tmp_path):
@@ -174,7 +183,6 @@ def test_latest_follows_saves_and_pruning_keeps_last_and_every(tmp_path):
     steps = [int(os.path.basename(p)[5:]) for p in checkpoint.list_checkpoints(workdir)]
     assert steps == [4, 8, 9, 10]
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
-        "LAST",
         "ckpt-000000004",
         "ckpt-000000008",
         "ckpt-000000009",
@@ -191,56 +199,53 @@ def test_saving_a_step_again_replaces_it(tmp_path):
     restored, metadata = checkpoint.restore(path, {"w": np.zeros(2)})
     np.testing.assert_array_equal(restored["w"], [1, 1])
     assert metadata == {"again": True, "step": 5}
-    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["LAST", "ckpt-000000005"]
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["ckpt-000000005"]
 
 
 def test_half_written_checkpoints_are_never_returned(tmp_path):
     workdir = str(tmp_path)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     good = checkpoint.save(workdir, 10, {"w": np.arange(1000, dtype=np.float32)})
-    # A killed save of step 20: a temporary folder holding a complete-looking but truncated copy.
-    tmp = os.path.join(ckpt_dir, ".tmp-ckpt-000000020-dead")
-    os.mkdir(tmp)
-    for name in ("state.safetensors", "checkpoint.json"):
-        with open(os.path.join(good, name), "rb") as src, open(os.path.join(tmp, name), "wb") as dst:
-            dst.write(src.read())
-    with open(os.path.join(tmp, "state.safetensors"), "r+b") as f:
-        f.truncate(100)
-    with open(os.path.join(ckpt_dir, ".tmp-LAST-dead"), "w") as f:
-        f.write(".tmp-ckpt-000000020-dead\n")
+    # Killed saves of step 20: Orbax's temporary folder and ours, each a complete-looking copy.
+    for name in ("ckpt-000000020.orbax-checkpoint-tmp-1234", ".tmp-replaced-ckpt-000000020-dead"):
+        shutil.copytree(good, os.path.join(ckpt_dir, name))
     assert checkpoint.latest(workdir) == good
 
-    # LAST names a checkpoint that is gone, or a temporary folder.
-    for pointer in ("ckpt-000000030", ".tmp-ckpt-000000020-dead", "../../elsewhere", ""):
-        with open(os.path.join(ckpt_dir, "LAST"), "w") as f:
-            f.write(pointer + "\n")
-        assert checkpoint.latest(workdir) == good
-    os.remove(os.path.join(ckpt_dir, "LAST"))
-    assert checkpoint.latest(workdir) == good
-
-    # A folder with a real name whose arrays file is truncated, and one with no description.
-    bad = os.path.join(ckpt_dir, "ckpt-000000040")
-    os.mkdir(bad)
-    for name in ("state.safetensors", "checkpoint.json"):
-        with open(os.path.join(good, name), "rb") as src, open(os.path.join(bad, name), "wb") as dst:
-            dst.write(src.read())
-    with open(os.path.join(bad, "checkpoint.json")) as f:
-        info = json.load(f)
-    info["step"] = 40
-    with open(os.path.join(bad, "checkpoint.json"), "w") as f:
-        json.dump(info, f)
-    assert checkpoint.latest(workdir).endswith("ckpt-000000040")  # sanity: a complete copy is accepted
-    with open(os.path.join(bad, "state.safetensors"), "r+b") as f:
-        f.truncate(500)
+    # Folders with a real name but no (or an unreadable, or another step's) description.
     os.mkdir(os.path.join(ckpt_dir, "ckpt-000000050"))
-    with open(os.path.join(ckpt_dir, "LAST"), "w") as f:
-        f.write("ckpt-000000040\n")
+    shutil.copytree(good, os.path.join(ckpt_dir, "ckpt-000000040"))  # says step 10
+    damaged = os.path.join(ckpt_dir, "ckpt-000000030")
+    shutil.copytree(good, damaged)
+    with open(os.path.join(damaged, checkpoint.INFO_FILE), "r+b") as f:
+        f.truncate(20)
     assert checkpoint.latest(workdir) == good
     assert checkpoint.list_checkpoints(workdir) == [good]
 
-    # The next save removes the temporary leftovers.
+    # The next save removes the temporary leftovers and leaves the odd folders alone.
     checkpoint.save(workdir, 60, {"w": np.zeros(3)}, keep_last=5)
-    assert not [n for n in os.listdir(ckpt_dir) if n.startswith(".tmp-")]
+    names = sorted(os.listdir(ckpt_dir))
+    assert names == ["ckpt-000000010", "ckpt-000000030", "ckpt-000000040", "ckpt-000000050", "ckpt-000000060"]
+
+
+def test_async_saves_copy_the_arrays_before_training_overwrites_them(tmp_path):
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    state = {"w": jax.device_put(np.arange(4096, dtype=np.float32), sharding), "n": jnp.int32(7)}
+    expected = jax.tree.map(np.asarray, state)
+    step_fn = jax.jit(lambda s: jax.tree.map(lambda x: x + 1, s), donate_argnums=0)
+    with checkpoint.CheckpointWriter(str(tmp_path), keep_last=3) as writer:
+        for step in (1, 2):
+            writer.save(step, state)
+            for _ in range(3):
+                state = step_fn(state)  # donates and overwrites the buffers the save started from
+        path = writer.save(3, state)
+    assert checkpoint.latest(str(tmp_path)) == path  # closing the writer waited for the last save
+    restored, _ = checkpoint.restore(
+        checkpoint.list_checkpoints(str(tmp_path))[0], jax.tree.map(np.zeros_like, expected)
+    )
+    _assert_bitwise_equal(restored, expected)
+    third, _ = checkpoint.restore(checkpoint.latest(str(tmp_path)), state)
+    np.testing.assert_array_equal(third["w"], expected["w"] + 6)
 
 
 def test_mismatched_template_raises_and_touches_nothing(tmp_path):
@@ -298,8 +303,55 @@ def test_bad_inputs_fail_before_writing(tmp_path):
     with pytest.raises(ValueError, match="step"):
         checkpoint.save(workdir, -1, {"w": np.zeros(1)})
     assert not os.path.exists(os.path.join(workdir, "checkpoints"))
-    with pytest.raises(FileNotFoundError, match="not a checkpoint"):
+    with pytest.raises(FileNotFoundError, match="not a bv checkpoint"):
         checkpoint.restore(workdir, {})
+
+
+def _largest_array_file(path: str) -> str:
+    files = [os.path.join(d, n) for d, _, names in os.walk(os.path.join(path, "params")) for n in names]
+    return max(files, key=os.path.getsize)
+
+
+def test_a_truncated_shard_gives_a_clear_error_and_nothing_is_deleted(tmp_path):
+    workdir = str(tmp_path)
+    template = {"params": {"w": np.zeros((256, 64), np.float32)}, "opt": {"mu": np.zeros(8, np.float32)}}
+    mu = np.ones(8, np.float32)
+    older = checkpoint.save(workdir, 1, {"params": {"w": np.ones((256, 64), np.float32)}, "opt": {"mu": mu}})
+    newer = checkpoint.save(
+        workdir, 2, {"params": {"w": np.full((256, 64), 2.0, np.float32)}, "opt": {"mu": mu}}, keep_last=2
+    )
+    shard = _largest_array_file(newer)
+    with open(shard, "r+b") as f:
+        f.truncate(os.path.getsize(shard) // 2)
+    before = _snapshot(workdir)
+    for read in (lambda: checkpoint.restore(newer, template), lambda: checkpoint.load_params(newer)):
+        with pytest.raises(checkpoint.CheckpointReadError) as err:
+            read()
+        message = str(err.value)
+        assert f"Checkpoint {newer} could not be read" in message and "Nothing was changed" in message
+        assert older in message  # says which checkpoint to fall back to
+    assert _snapshot(workdir) == before
+    restored, _ = checkpoint.restore(older, template)
+    np.testing.assert_array_equal(restored["params"]["w"], 1.0)
+
+
+def test_a_newer_format_version_is_refused_and_nothing_is_deleted(tmp_path):
+    workdir = str(tmp_path)
+    path = checkpoint.save(workdir, 3, {"w": np.zeros(2)})
+    info_path = os.path.join(path, checkpoint.INFO_FILE)
+    with open(info_path) as f:
+        info = json.load(f)
+    info["version"] = checkpoint.FORMAT_VERSION + 1
+    with open(info_path, "w") as f:
+        json.dump(info, f)
+    before = _snapshot(workdir)
+    with pytest.raises(ValueError, match=r"format version 3; this bv-core reads versions up to 2\. Upgrade bv-core"):
+        checkpoint.restore(path, {"w": np.zeros(2)})
+    with pytest.raises(ValueError, match="Upgrade bv-core"):
+        checkpoint.load_params(path, "w")
+    assert checkpoint.latest(workdir) is None  # never resumed from
+    checkpoint.save(workdir, 4, {"w": np.ones(2)})  # a later save keeps it
+    assert os.path.isdir(path) and {k: v for k, v in _snapshot(workdir).items() if k in before} == before
 
 
 def test_no_pickle_is_used(tmp_path, monkeypatch):
@@ -342,15 +394,17 @@ import numpy as np
 from bv.core import checkpoint
 
 workdir = sys.argv[1]
-step = int(sys.stdin.readline())  # imports are done; wait for the step to resume from
-while True:
-    state = {
-        "params": {"w": np.full((1024, 1024), step, np.float32), "b": np.full((4096,), step, np.int32)},
-        "opt": {"mu": np.full((1024, 1024), step, np.float32)},
-    }
-    checkpoint.save(workdir, step, state, metadata={"step_again": step}, keep_last=2)
-    print(step, flush=True)
-    step += 1
+start = step = int(sys.stdin.readline())  # imports are done; wait for the step to resume from
+with checkpoint.CheckpointWriter(workdir, keep_last=2) as writer:  # asynchronous saves
+    while True:
+        state = {
+            "params": {"w": np.full((1024, 1024), step, np.float32), "b": np.full((4096,), step, np.int32)},
+            "opt": {"mu": np.full((1024, 1024), step, np.float32)},
+        }
+        writer.save(step, state, metadata={"step_again": step})
+        if step > start:
+            print(step - 1, flush=True)  # saving a step first waits until the one before is committed
+        step += 1
 """
 
 
@@ -405,5 +459,123 @@ def test_sigkill_at_random_moments_always_leaves_a_restorable_checkpoint(tmp_pat
             proc.communicate()
     checkpoint.save(workdir, resume_step, template, keep_last=2)
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    assert not [n for n in os.listdir(ckpt_dir) if n.startswith(".tmp-")]
+    assert not [n for n in os.listdir(ckpt_dir) if n.startswith(".tmp-") or "orbax-checkpoint-tmp" in n]
     assert len(checkpoint.list_checkpoints(workdir)) == 2
+
+
+def _flip_bytes(path: str, count: int = 4096) -> None:
+    """Inverts ``count`` bytes in the middle of ``path``: same size, other content (a silent disk error)."""
+    size = os.path.getsize(path)
+    start = max(0, size // 2 - count // 2)
+    with open(path, "r+b") as f:
+        f.seek(start)
+        data = f.read(min(count, size - start))
+        f.seek(start)
+        f.write(bytes(b ^ 0xFF for b in data))
+    assert os.path.getsize(path) == size
+
+
+_TEMPLATE = {"params": {"w": np.zeros((256, 64), np.float32)}, "opt": {"mu": np.zeros(8, np.float32)}}
+
+
+def _save_two(workdir: str) -> tuple[str, str]:
+    mu = np.ones(8, np.float32)
+    older = checkpoint.save(workdir, 1, {"params": {"w": np.ones((256, 64), np.float32)}, "opt": {"mu": mu}})
+    newer = checkpoint.save(
+        workdir, 2, {"params": {"w": np.full((256, 64), 2.0, np.float32)}, "opt": {"mu": mu}}, keep_last=2
+    )
+    return older, newer
+
+
+def test_flipped_bytes_of_the_same_size_are_detected_not_loaded(tmp_path):
+    _, newer = _save_two(str(tmp_path))
+    assert os.path.isfile(os.path.join(newer, "checksums.json"))
+    _flip_bytes(_largest_array_file(newer))
+    for read in (lambda: checkpoint.restore(newer, _TEMPLATE), lambda: checkpoint.load_params(newer)):
+        with pytest.raises(checkpoint.CheckpointReadError, match="has changed since it was written"):
+            read()
+    # load_params neither reads nor verifies the optimizer state: a damaged opt/ does not block an export.
+    _, other = _save_two(str(tmp_path / "other"))
+    opt_files = [os.path.join(d, n) for d, _, names in os.walk(os.path.join(other, "opt")) for n in names]
+    _flip_bytes(max(opt_files, key=os.path.getsize))
+    np.testing.assert_array_equal(checkpoint.load_params(other)["w"], 2.0)
+    with pytest.raises(checkpoint.CheckpointReadError, match="opt/"):
+        checkpoint.restore(other, _TEMPLATE)
+
+
+def test_resume_falls_back_past_a_damaged_latest_checkpoint_and_keeps_it(tmp_path, caplog):
+    workdir = str(tmp_path)
+    older, newer = _save_two(workdir)
+    _flip_bytes(_largest_array_file(newer))
+    with caplog.at_level("WARNING"):
+        restored, metadata = checkpoint.restore_latest(workdir, _TEMPLATE)
+    assert metadata["step"] == 1
+    np.testing.assert_array_equal(restored["params"]["w"], 1.0)
+    warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert f"Checkpoint {newer} is damaged" in warning and older in warning and "has changed" in warning
+    kept = os.path.join(workdir, "checkpoints", "damaged-ckpt-000000002")
+    assert os.path.isdir(kept) and checkpoint.latest(workdir) == older
+    # The run then saves step 2 again next to the kept damaged copy, which is never picked nor pruned.
+    checkpoint.save(workdir, 2, {"params": {"w": np.full((256, 64), 3.0, np.float32)}, "opt": {"mu": np.ones(8)}})
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["ckpt-000000002", "damaged-ckpt-000000002"]
+
+
+def test_resume_refuses_to_start_over_when_every_checkpoint_is_damaged(tmp_path):
+    workdir = str(tmp_path)
+    path = checkpoint.save(workdir, 7, {"params": {"w": np.ones((256, 64), np.float32)}, "opt": {"mu": np.ones(8)}})
+    shard = _largest_array_file(path)
+    with open(shard, "r+b") as f:
+        f.truncate(os.path.getsize(shard) - 100)
+    before = _snapshot(workdir)
+    template = {"params": {"w": np.zeros((256, 64), np.float32)}, "opt": {"mu": np.zeros(8)}}
+    with pytest.raises(checkpoint.CheckpointReadError) as err:
+        checkpoint.restore_latest(workdir, template)
+    message = str(err.value)
+    assert f"No checkpoint of {workdir} can be read" in message and "nothing was changed" in message
+    assert "truncated" in message and "new --workdir" in message
+    assert _snapshot(workdir) == before
+    assert checkpoint.restore_latest(str(tmp_path / "empty"), template) is None
+
+
+_FULL_DISK_SCRIPT = """
+import sys, numpy as np
+from bv.core import checkpoint
+workdir = sys.argv[1]
+w = lambda v: {"params": {"w": np.full((300, 1000), v, np.float32)}}  # 1.2 MB per checkpoint
+with checkpoint.CheckpointWriter(workdir) as writer:
+    writer.save(1, w(1.0))
+    writer.wait()
+    try:
+        writer.save(2, w(2.0))  # the disk holds one checkpoint, not two
+        writer.wait()
+    except checkpoint.CheckpointWriteError as e:
+        print("ERROR:", e)
+restored, meta = checkpoint.restore(checkpoint.latest(workdir), w(0.0))
+print("RESTORED", meta["step"], float(restored["params"]["w"].mean()))
+"""
+
+
+def _run_on_a_full_disk(tmp_path) -> tuple[str, bool]:
+    """Runs the script on a 2 MB tmpfs where the machine allows mounting one, else with an injected ENOSPC."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("BV_FAIL_AT", None)
+    mount = tmp_path / "small"
+    mount.mkdir()
+    script = tmp_path / "full_disk.py"
+    script.write_text(_FULL_DISK_SCRIPT)
+    command = f"mount -t tmpfs -o size=2m tmpfs {mount} && exec {sys.executable} {script} {mount}/run"
+    if shutil.which("unshare") and subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode == 0:
+        result = subprocess.run(["unshare", "-rm", "sh", "-c", command], env=env, capture_output=True, text=True)
+        return result.stdout + result.stderr, True
+    env["BV_FAIL_AT"] = "checkpoint.write@2"
+    result = subprocess.run([sys.executable, str(script), str(mount / "run")], env=env, capture_output=True, text=True)
+    return result.stdout + result.stderr, False
+
+
+def test_a_full_disk_stops_the_save_with_a_clear_error_and_keeps_the_previous_checkpoint(tmp_path):
+    output, real_tmpfs = _run_on_a_full_disk(tmp_path)
+    assert "ERROR: Checkpoint 2 could not be written" in output, output[-3000:]
+    assert "the disk is full (no space left on device)" in output
+    assert "ckpt-000000001) is intact: run again to resume from it" in output
+    assert "RESTORED 1 1.0" in output  # the previous checkpoint is still the latest, and reads back
+    print("on a real 2 MB tmpfs" if real_tmpfs else "with an injected ENOSPC")

@@ -7,22 +7,36 @@ loaded, whatever their order on the command line.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import ml_collections
 
 from bv.core import config as config_lib
+from bv.core.errors import UserError
 
-__all__ = ["TrainArgs", "UsageError", "parse_train_args", "parse_train_args_or_exit", "usage"]
+__all__ = [
+    "EXIT_USER_ERROR",
+    "TrainArgs",
+    "UsageError",
+    "parse_train_args",
+    "parse_train_args_or_exit",
+    "usage",
+    "user_errors",
+]
+
+# The exit code of a command stopped by a user error (argparse's for a bad command line); a bug exits with 1.
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 _FLAGS = ("--config", "--workdir", "--help")
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A command line the trainer does not understand; the message says what it expected."""
 
 
@@ -144,12 +158,41 @@ def parse_train_args(
     return TrainArgs(config=config, workdir=workdir, config_spec=spec, overrides=overrides)
 
 
+@contextlib.contextmanager
+def user_errors(prog: str, *, also: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+    """The error contract of every bv command: a user's mistake is one paragraph and exit code 2.
+
+    Inside the ``with`` block, a :class:`bv.core.errors.UserError` (or one of ``also``) is printed
+    to stderr as ``PROG: error: MESSAGE`` and the command exits with :data:`EXIT_USER_ERROR`; Ctrl-C
+    prints ``PROG: interrupted`` and exits with 130. Anything else is a bug in bv and propagates
+    with its traceback.
+    """
+    caught: tuple[type[BaseException], ...] = (UserError, *also)
+    try:
+        yield
+    except caught as e:
+        print(f"{prog}: error: {_paragraph(e)}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+
+
+def _paragraph(error: BaseException) -> str:
+    """The error's message, or its class name when it has none."""
+    return str(error).strip() or type(error).__name__
+
+
 def parse_train_args_or_exit(
     argv: Sequence[str] | None = None, default_config: str | None = None, *, prog: str = "bv-train"
 ) -> TrainArgs:
-    """:func:`parse_train_args` for a ``main()``: errors are printed with the usage, then exit code 2."""
+    """:func:`parse_train_args` for a ``main()``: a bad command line is printed with the usage, then exit code 2.
+
+    Other user errors (a bad config key or value, a config file that does not load) are printed
+    as one paragraph, as :func:`user_errors` does.
+    """
     try:
         return parse_train_args(argv, default_config, prog=prog)
-    except (UsageError, config_lib.ConfigError) as e:
+    except UsageError as e:
         print(f"{prog}: error: {e}\n\n{usage(prog)}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(EXIT_USER_ERROR) from None

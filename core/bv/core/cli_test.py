@@ -129,3 +129,44 @@ def test_or_exit_prints_error_and_exits_2(config_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "train: error: Unknown flag '--wrokdir'" in err and "usage: train" in err
+
+
+# ---------------------------------------------------------------- the error contract of every command
+
+
+def test_user_errors_print_one_paragraph_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as e, cli.user_errors("bv-demo"):
+        raise ConfigError("config.lr must be a finite number, such as 0.001; got 'fast'.")
+    assert e.value.code == cli.EXIT_USER_ERROR == 2
+    assert capsys.readouterr().err == "bv-demo: error: config.lr must be a finite number, such as 0.001; got 'fast'.\n"
+
+
+def test_errors_named_in_also_are_user_errors_too(capsys):
+    with pytest.raises(SystemExit) as e, cli.user_errors("bv-demo", also=(FileNotFoundError,)):
+        raise FileNotFoundError("no such folder: runs/x")
+    assert e.value.code == 2 and "bv-demo: error: no such folder: runs/x" in capsys.readouterr().err
+
+
+def test_bugs_keep_their_traceback(capsys):
+    with pytest.raises(ZeroDivisionError), cli.user_errors("bv-demo"):
+        1 / 0  # noqa: B018 - a bug in bv, not a user's mistake
+    assert capsys.readouterr().err == ""
+
+
+def test_ctrl_c_exits_130_without_a_traceback(capsys):
+    with pytest.raises(SystemExit) as e, cli.user_errors("bv-demo"):
+        raise KeyboardInterrupt
+    assert e.value.code == 130 and capsys.readouterr().err == "bv-demo: interrupted\n"
+
+
+def test_a_config_file_with_a_syntax_error_names_the_file_and_line(tmp_path, capsys):
+    path = tmp_path / "broken.py"
+    path.write_text("def get_config(arg=None):\n    return dict(lr=0.1,\n")
+    with pytest.raises(
+        ConfigError, match=r"broken.py' is not valid Python: '\(' was never closed in .*broken.py, line 2"
+    ):
+        cli.parse_train_args(["--config", str(path)])
+    with pytest.raises(SystemExit) as e, cli.user_errors("bv-train"):
+        cli.parse_train_args_or_exit(["--config", str(path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and "`return dict(lr=0.1,`" in err

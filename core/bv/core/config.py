@@ -24,19 +24,43 @@ from typing import Any
 
 import ml_collections
 
-__all__ = ["ConfigError", "apply_overrides", "load_config", "parse_arg", "parse_value", "save_config", "to_json"]
+from bv.core.errors import UserError
+
+__all__ = [
+    "ConfigError",
+    "ConfigTypeError",
+    "apply_overrides",
+    "check_known",
+    "load_config",
+    "parse_arg",
+    "parse_value",
+    "save_config",
+    "to_json",
+]
 
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot be loaded, parsed or overridden; the message says how to fix it."""
+
+
+class ConfigTypeError(ConfigError, TypeError):
+    """A config value of the wrong kind (an unknown option name, a dict where a string belongs)."""
 
 
 def _did_you_mean(name: str, choices: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def check_known(what: str, given: Iterable[str], known: Iterable[str]) -> None:
+    """A :class:`ConfigError` for the first of ``given`` not in ``known`` (``what``: "ViT option", ...)."""
+    known = sorted(known)
+    for name in given:
+        if name not in known:
+            raise ConfigError(f"Unknown {what} {name!r}.{_did_you_mean(name, known)} Known: {', '.join(known)}.")
 
 
 def _type_name(t: type) -> str:
@@ -175,15 +199,31 @@ def _import_file(path: str) -> Any:
     sys.modules[name] = module  # So that dataclasses and pickling inside the config work.
     try:
         module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        sys.modules.pop(name, None)
+        raise _syntax_error(path, e) from None
     except BaseException:
         sys.modules.pop(name, None)
         raise
     return module
 
 
+def _syntax_error(where: str, e: SyntaxError) -> ConfigError:
+    """A config that is not valid Python: the file, line and column, the line itself and Python's reason."""
+    line = (e.text or "").rstrip("\n")
+    shown = f" `{line.strip()}`" if line.strip() else ""
+    at = f"line {e.lineno}" + (f", column {e.offset}" if e.offset else "")
+    file = e.filename if e.filename and not e.filename.startswith("<") else where
+    return ConfigError(
+        f"Config {where!r} is not valid Python: {e.msg} in {file}, {at}:{shown}. Fix the file and run again."
+    )
+
+
 def _import_module(name: str) -> Any:
     try:
         return importlib.import_module(name)
+    except SyntaxError as e:
+        raise _syntax_error(name, e) from None
     except ModuleNotFoundError as e:
         if e.name is not None and name != e.name and not name.startswith(e.name + "."):
             raise  # The config itself imports something missing: show that error.
@@ -234,6 +274,11 @@ def _field_type(node: ml_collections.ConfigDict, name: str) -> type:
         return type(node[name])
 
 
+# Top-level keys the trainer reads with a default, which ``--config.KEY=VALUE`` may set even when the
+# config does not spell them out.
+TRAINER_SWITCHES: dict[str, Any] = {"ckpt_async": True, "ckpt_compress": False, "resume": None}
+
+
 def apply_overrides(
     config: ml_collections.ConfigDict, overrides: Iterable[tuple[str, str]]
 ) -> ml_collections.ConfigDict:
@@ -254,6 +299,9 @@ def apply_overrides(
                     f"Cannot set {dotted!r}: {'.'.join(parts[:depth])!r} is a {type(node).__name__}, "
                     "not a group of fields."
                 )
+            if name not in node and depth == 0 and len(parts) == 1 and name in TRAINER_SWITCHES:
+                with node.unlocked():
+                    node[name] = TRAINER_SWITCHES[name]  # a trainer default few configs spell out
             if name not in node:
                 known = ", ".join(sorted(node.keys())) or "(none)"
                 raise ConfigError(

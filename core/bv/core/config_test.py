@@ -277,3 +277,11 @@ def test_save_config_writes_readable_json(tmp_path):
     assert loaded["scalar"] == 0.5
     assert os.listdir(workdir) == ["config.json"]  # no temporary file left behind
     assert json.loads(cfg.to_json(config)) == loaded
+
+
+def test_trainer_switches_can_be_set_without_the_config_spelling_them_out():
+    config = ml_collections.ConfigDict({"lr": 0.1})
+    cfg.apply_overrides(config, [("ckpt_async", "False"), ("ckpt_compress", "True")])
+    assert config.ckpt_async is False and config.ckpt_compress is True
+    with pytest.raises(ConfigError, match="Unknown config key 'ckpt_asyn'.*Did you mean 'ckpt_async'"):
+        cfg.apply_overrides(ml_collections.ConfigDict({"lr": 0.1, "ckpt_async": True}), [("ckpt_asyn", "False")])

@@ -16,12 +16,14 @@ import enum
 import math
 from typing import Any
 
+from bv.core.errors import UserError
+
 __all__ = ["REQUIRED", "DurationError", "steps", "total_steps"]
 
 _FORMS = ("steps", "epochs", "examples", "percent")
 
 
-class DurationError(ValueError):
+class DurationError(UserError, ValueError):
     """A duration that is missing, given twice, or cannot be converted to steps."""
 
 

@@ -18,6 +18,8 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
+from bv.core.config import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class EmaConfig:
@@ -32,15 +34,15 @@ def parse(cfg: Mapping[str, Any] | None) -> EmaConfig | None:
     cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
     unknown = set(cfg) - {"decay", "start_step"}
     if unknown:
-        raise ValueError(f"config.ema has unknown keys {sorted(unknown)}; it takes 'decay' and 'start_step'.")
+        raise ConfigError(f"config.ema has unknown keys {sorted(unknown)}; it takes 'decay' and 'start_step'.")
     if "decay" not in cfg:
-        raise ValueError("config.ema needs a 'decay', e.g. config.ema = dict(decay=0.9999).")
+        raise ConfigError("config.ema needs a 'decay', e.g. config.ema = dict(decay=0.9999).")
     decay = cfg["decay"]
     if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay < 1.0:
-        raise ValueError(f"config.ema.decay must be a number in (0, 1), such as 0.999, got {decay!r}.")
+        raise ConfigError(f"config.ema.decay must be a number in (0, 1), such as 0.999, got {decay!r}.")
     start = cfg.get("start_step", 0)
     if isinstance(start, bool) or not isinstance(start, int) or start < 0:
-        raise ValueError(f"config.ema.start_step must be a whole number >= 0, got {start!r}.")
+        raise ConfigError(f"config.ema.start_step must be a whole number >= 0, got {start!r}.")
     return EmaConfig(float(decay), int(start))
 
 

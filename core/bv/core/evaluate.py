@@ -25,11 +25,11 @@ from typing import Any, Sequence
 import jax
 import ml_collections
 
-from bv.core import checkpoint, cli, distributed, durations, registry, sharding
-from bv.core import config as config_lib
+from bv.core import checkpoint, cli, distributed, sharding
 from bv.core.model_init import bv_checkpoint_path, load_pretrained
 from bv.core.tasks import Task, get_task
 from bv.core.data import sources
+from bv.core.errors import UserError
 from bv.core.files import write_text
 from bv.core.train_data import TrainData
 
@@ -38,7 +38,7 @@ log = logging.getLogger("bv.eval")
 RESULTS_FILE = "eval_metrics.json"
 
 
-class EvalSourceError(ValueError):
+class EvalSourceError(UserError, ValueError):
     """A ``--model`` that cannot be evaluated; the message says why and what is accepted."""
 
 
@@ -142,6 +142,11 @@ def _split_own_flags(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     return own, rest
 
 
+def usage(prog: str = "bv-eval") -> str:
+    """The help text of ``bv eval`` (alias ``bv-eval``)."""
+    return USAGE.replace("bv-eval", prog, 1)
+
+
 USAGE = (
     "usage: bv-eval --config FILE.py[:ARGS] --model SOURCE [--out DIR] [--ema] [--revision REV] [--config.KEY=VALUE ...]\n"
     "\n"
@@ -152,38 +157,29 @@ USAGE = (
 )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+def main(argv: Sequence[str] | None = None, *, prog: str = "bv-eval") -> None:
+    """Console entry point (``bv eval``, alias ``bv-eval``): runs a config's evaluators on a model."""
+    # force: absl (imported with orbax) may already have put its handler on the root logger.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout, force=True
+    )
     distributed.initialize_from_env()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     logging.getLogger("absl").setLevel(logging.WARNING)
-    from bv.evaluators import EvaluatorConfigError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
+        print(usage(prog))
         raise SystemExit(0)
     try:
         own, rest = _split_own_flags(argv)
         if not own["model"]:
             raise cli.UsageError("--model SOURCE is required: the model to evaluate.")
-        args = cli.parse_train_args(rest, prog="bv-eval")
-    except (cli.UsageError, config_lib.ConfigError) as e:
-        print(f"bv-eval: error: {e}\n\n{USAGE}", file=sys.stderr)
-        raise SystemExit(2) from None
-    try:
+    except cli.UsageError as e:
+        print(f"{prog}: error: {e}\n\n{usage(prog)}", file=sys.stderr)
+        raise SystemExit(cli.EXIT_USER_ERROR) from None
+    with cli.user_errors(prog):
+        args = cli.parse_train_args(rest, prog=prog)
         results = evaluate(args.config, own["model"], ema=own["ema"], revision=own["revision"], out=own["out"])
-    except (
-        EvalSourceError,
-        EvaluatorConfigError,
-        registry.UnknownNameError,
-        config_lib.ConfigError,
-        durations.DurationError,
-        FileNotFoundError,
-        ValueError,
-    ) as e:
-        print(f"bv-eval: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
     if jax.process_index() == 0:
         for name, value in results.items():
             print(f"{name}: {value!r}", flush=True)  # in full: equal to the trainer's logged value

@@ -23,8 +23,9 @@ from typing import Any
 
 import ml_collections
 
-from bv.core import checkpoint, registry
+from bv.core import checkpoint, cli, registry
 from bv.core.data import sources
+from bv.core.errors import UserError
 from bv.core.hub.card import Metric
 from bv.core.hub.config import HubConfig
 from bv.core.metrics_log import METRICS_FILE
@@ -37,7 +38,7 @@ _METRIC_NAMES = {"prec@1": "accuracy"}
 FORMATS = ("bv", "timm", "big_vision")
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """A workdir that cannot be exported; the message says why."""
 
 
@@ -156,6 +157,57 @@ def build_model(
     return model, final_metrics(workdir, dataset, ema=ema), datasets
 
 
+def check_out(workdir: str, out: str, fmt: str) -> None:
+    """Refuses an ``out`` whose writing would destroy something: nothing is written before this passes.
+
+    ``out`` may not be the workdir or lie inside it (the model's ``config.json`` would replace the
+    run's, after which the workdir neither resumes nor exports). A folder format needs a new or empty
+    folder, or one holding an earlier export; a ``.npz`` needs a new path or an earlier ``.npz``.
+    """
+    run, target = os.path.realpath(workdir), os.path.realpath(out)
+    if target == run or target.startswith(run.rstrip(os.sep) + os.sep):
+        raise ExportError(
+            f"OUT {out!r} is {'the workdir' if target == run else 'inside the workdir'} {workdir!r}: the export "
+            "would overwrite the run's own files (its config.json). Pass a folder outside the workdir, "
+            f"e.g. {os.path.join(os.path.dirname(run) or '.', os.path.basename(run) + '_export')!r}."
+        )
+    if fmt == "big_vision":
+        if os.path.isdir(target):
+            raise ExportError(
+                f"OUT {out!r} is a folder; --format big_vision writes one .npz file, e.g. {out}/model.npz."
+            )
+        if os.path.exists(target) and not target.endswith(".npz"):
+            raise ExportError(f"OUT {out!r} is an existing file that is not a .npz; refusing to overwrite it.")
+        return
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ExportError(
+            f"OUT {out!r} is a file; --format {fmt} writes a folder (config.json, model.safetensors, README.md). "
+            "Pass a new folder name."
+        )
+    if os.path.isdir(target) and os.listdir(target) and not _is_export(target):
+        shown = sorted(os.listdir(target))
+        raise ExportError(
+            f"OUT {out!r} is a folder that holds other files ({', '.join(shown[:5])}{', ...' if len(shown) > 5 else ''}), "
+            "not an earlier export: bv-export writes only into a new or empty folder, or over its own earlier "
+            "export. Pass a new folder name."
+        )
+
+
+def _is_export(folder: str) -> bool:
+    """Whether ``folder`` holds an earlier export (a bv or timm model folder), and no training run."""
+    from bv.core.hub.config import read_json
+
+    if os.path.exists(os.path.join(folder, METRICS_FILE)) or os.path.isdir(
+        os.path.join(folder, checkpoint.CHECKPOINTS_DIR)
+    ):
+        return False
+    try:
+        data = read_json(os.path.join(folder, "config.json"))
+    except (OSError, ValueError):
+        return False
+    return data.get("format") == "bv" or "architecture" in data
+
+
 def export(
     workdir: str,
     out: str,
@@ -172,6 +224,8 @@ def export(
         raise ExportError(f"Unknown format {fmt!r}; expected one of {', '.join(FORMATS)}.")
     if push and fmt != "bv":
         raise ExportError("--push uploads bv-format folders only; drop --format or --push.")
+    _read_run_config(workdir)  # a workdir at all? (says so before anything about OUT)
+    check_out(workdir, out, fmt)
     model, metrics, datasets = build_model(workdir, checkpoint_path=checkpoint_path, ema=ema)
     card = {"metrics": metrics, "datasets": datasets, "license": license}
     if fmt == "bv":
@@ -186,9 +240,9 @@ def export(
     return model
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, *, prog: str = "bv-export") -> None:
     parser = argparse.ArgumentParser(
-        prog="bv-export",
+        prog=prog,
         description="Export a bv training workdir's checkpoint as a Hub model folder (or timm / big_vision files).",
     )
     parser.add_argument("workdir", help="the training workdir (with config.json and checkpoints/)")
@@ -200,8 +254,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--license", help="the license to put in the model card, e.g. apache-2.0")
     parser.add_argument("--ema", action="store_true", help="export the EMA of the params (runs with config.ema)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
-    try:
+    # force: absl (imported with orbax) may already have put its handler on the root logger.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout, force=True
+    )
+    with cli.user_errors(prog):
         export(
             args.workdir,
             args.out,
@@ -212,9 +269,6 @@ def main(argv: Sequence[str] | None = None) -> None:
             license=args.license,
             ema=args.ema,
         )
-    except (ExportError, registry.UnknownNameError, FileNotFoundError) as e:
-        print(f"bv-export: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
     print(f"Wrote {args.out}")
 
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from bv.core import registry
+from bv.core.config import ConfigError
 
 Loss = Callable[..., jax.Array]
 losses = registry.losses  # the loss registry (bv.core.registry.losses)
@@ -21,7 +22,7 @@ def get(name: str) -> Loss:
 def smooth_labels(labels: jax.Array, smoothing: float) -> jax.Array:
     """Mixes one-hot labels with the uniform distribution: ``(1 - s) * y + s / K``."""
     if not 0.0 <= smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {smoothing}.")
+        raise ConfigError(f"label_smoothing must be in [0, 1), got {smoothing}.")
     if smoothing == 0.0:
         return labels
     return labels * (1.0 - smoothing) + smoothing / labels.shape[-1]

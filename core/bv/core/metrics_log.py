@@ -2,22 +2,63 @@
 
 ``metrics.jsonl`` holds one object per logged step (``{"step": 100, "training_loss": ...}``).
 After a resume the lines of steps past the restored checkpoint are dropped, so
-the file reads as one uninterrupted run.
+the file reads as one uninterrupted run: each step once, in order. A line cut
+short by a killed run is dropped with a warning; damaged lines elsewhere are
+dropped too, after the file is copied to ``metrics.jsonl.damaged-<time>``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import resource
+import shutil
 import sys
 import time
 from typing import Any, Mapping, TextIO
 
 import jax
 
+from bv.core.errors import UserError
+
 METRICS_FILE = "metrics.jsonl"
+
+log = logging.getLogger("bv.train")
+
+
+class MetricsWriteError(UserError, OSError):
+    """metrics.jsonl could not be written (a full disk, a lost mount)."""
+
+
+def read_records(path: str) -> list[dict[str, Any]]:
+    """The records of a metrics file, without the lines that are not JSON objects (see the module doc)."""
+    return _parse(path)[0]
+
+
+def _parse(path: str) -> tuple[list[dict[str, Any]], bool]:
+    """``(records, damaged)``: damaged if a line other than a cut last one is not a JSON record."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.read().split("\n")
+    records, bad = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad.append(number)
+    last = max((n for n, line in enumerate(lines, 1) if line.strip()), default=0)
+    if bad == [last]:
+        log.warning("%s: its last line was cut short (a killed run); it is ignored.", path)
+    elif bad:
+        log.warning("%s: lines %s are not JSON records; they are ignored.", path, ", ".join(map(str, bad[:10])))
+    return records, bool(bad) and bad != [last]
 
 
 def _jsonable(value: Any) -> Any:
@@ -39,19 +80,27 @@ class MetricLog:
 
     def _truncate_after(self, step: int) -> None:
         assert self.path
-        with open(self.path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        records, damaged = _parse(self.path)
+        kept = [r for r in records if r.get("step", 0) <= step]
+        if damaged:  # more than a cut last line: keep the original for inspection
+            shutil.copyfile(self.path, f"{self.path}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
         tmp = f"{self.path}.tmp"
-        with open(tmp, "w") as f:
-            f.writelines(kept)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
         os.replace(tmp, self.path)
 
     def write(self, step: int, metrics: Mapping[str, Any], *, console: str | None = None) -> None:
         """Records ``metrics`` for ``step``; prints ``console`` (or all metrics) to the stream."""
         record = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}}
         if self.path:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as e:
+                raise MetricsWriteError(
+                    f"Could not append to {self.path}: {e.strerror or e}. Training stopped; its last checkpoint is "
+                    "intact. Free some space (or fix the folder's permissions) and run again to resume."
+                ) from None
         if console is None:
             console = " ".join(f"{k}={_fmt(v)}" for k, v in record.items() if k != "step")
         if not self.quiet:
@@ -61,8 +110,7 @@ class MetricLog:
         """All records written so far."""
         if not self.path or not os.path.exists(self.path):
             return []
-        with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+        return read_records(self.path)
 
 
 def _fmt(value: Any) -> str:

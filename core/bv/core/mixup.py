@@ -17,13 +17,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from bv.core.config import ConfigError
+
 
 def mixup(rng: jax.Array, *arrays: jax.Array, p: float = 0.1, n: int = 2, per_example: bool = False) -> list[jax.Array]:
     """``arrays`` (same batch size) mixed with the same coefficients."""
     if p <= 0:
-        raise ValueError(f"mixup's p (the Dirichlet concentration) must be positive, got {p}.")
+        raise ConfigError(f"mixup's p (the Dirichlet concentration) must be positive, got {p}.")
     if n < 2:
-        raise ValueError(f"mixup's n (how many examples are mixed into one) must be at least 2, got {n}.")
+        raise ConfigError(f"mixup's n (how many examples are mixed into one) must be at least 2, got {n}.")
     batch = arrays[0].shape[0]
     shape = (batch,) if per_example else (1,)
     alpha = jax.random.dirichlet(rng, jnp.full((n,), p, jnp.float32), shape)
@@ -44,9 +46,9 @@ def mix_batch(rng: jax.Array, batch: Mapping[str, jax.Array], config: Mapping[st
     keys: Sequence[str] = tuple(options.pop("keys", ("image", "labels")))
     unknown = set(options) - {"p", "n", "per_example"}
     if unknown:
-        raise ValueError(f"Unknown config.mixup options {sorted(unknown)}; expected p, n, per_example, keys.")
+        raise ConfigError(f"Unknown config.mixup options {sorted(unknown)}; expected p, n, per_example, keys.")
     missing = [k for k in keys if k not in batch]
     if missing:
-        raise ValueError(f"config.mixup mixes {list(keys)}, but the batch has no {missing} (it has {sorted(batch)}).")
+        raise ConfigError(f"config.mixup mixes {list(keys)}, but the batch has no {missing} (it has {sorted(batch)}).")
     mixed = mixup(rng, *(batch[k] for k in keys), **options)
     return {**batch, **dict(zip(keys, mixed))}

@@ -27,6 +27,7 @@ from typing import Any, Mapping, Sequence
 import ml_collections
 
 from bv.core import checkpoint, registry
+from bv.core.config import ConfigError, ConfigTypeError
 from bv.core.hub.config import HubConfig
 from bv.core.hub.fit import fit_params
 from bv.core.tree import flatten_with_names
@@ -64,7 +65,7 @@ def load_pretrained(
     if isinstance(source, Mapping):
         return _load_parts(source, init_params, dont_load=dont_load, hub_cls=hub_cls, target=target, revision=revision)
     if not isinstance(source, str):
-        raise TypeError(
+        raise ConfigTypeError(
             f"config.model_init must be a path or repo id, or a dict from a part of the params to one; got {source!r}."
         )
     ckpt = bv_checkpoint_path(source)
@@ -75,7 +76,7 @@ def load_pretrained(
             adapt = lambda n, v, s: hub_cls.adapt_param(n, v, s, target)  # noqa: E731
         return fit_params(loaded, init_params, dont_load=dont_load, adapt=adapt, what=f"config.model_init={source!r}")
     if hub_cls is None or target is None:
-        raise ValueError(
+        raise ConfigError(
             f"config.model_init={source!r} is not a bv checkpoint, and the model "
             f"{config.get('model_name') if config is not None else '(unknown)'!r} has no Hub class to read other "
             "formats (Hub repos, timm folders, big_vision .npz)."
@@ -97,9 +98,9 @@ def _load_parts(
     for part, source in sources.items():
         what = f"config.model_init[{part!r}]={source!r}"
         if part not in params:
-            raise ValueError(f"{what}: the model has no part {part!r}; its top-level params are {sorted(params)}.")
+            raise ConfigError(f"{what}: the model has no part {part!r}; its top-level params are {sorted(params)}.")
         if not isinstance(source, str):
-            raise TypeError(f"{what}: expected a path or repo id.")
+            raise ConfigTypeError(f"{what}: expected a path or repo id.")
         prefix = part + "/"
         part_dont_load = [p[len(prefix) :] for p in dont_load if p.startswith(prefix)]
         ckpt = bv_checkpoint_path(source)
@@ -112,7 +113,7 @@ def _load_parts(
             continue
         load_part = getattr(hub_cls, "load_part_params", None)
         if load_part is None or target is None:
-            raise ValueError(
+            raise ConfigError(
                 f"{what} is not a bv checkpoint, and the model has no Hub class that reads parts from other formats."
             )
         params[part] = load_part(part, source, target, params[part], dont_load=part_dont_load, revision=revision)

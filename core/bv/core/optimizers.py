@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
+import numbers
 import re
 from typing import Any, Callable, Sequence
 
 import optax
 
 from bv.core import optax_extra
+from bv.core.config import ConfigError
 from bv.core.schedules import Schedule, make_schedule
 from bv.core.tree import first_match, flatten_with_names, map_with_names
 
@@ -47,15 +50,15 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
 def _rules(value: Any, field: str) -> list[tuple[str, Any]]:
     """Checks a list of ``(regex, value)`` pairs and compiles nothing yet."""
     if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{field} must be a list of (regex, value) pairs, got {value!r}.")
+        raise ConfigError(f"{field} must be a list of (regex, value) pairs, got {value!r}.")
     rules = []
     for rule in value:
         if not (isinstance(rule, (list, tuple)) and len(rule) == 2 and isinstance(rule[0], str)):
-            raise ValueError(f"{field} must be a list of (regex, value) pairs; {rule!r} is not one.")
+            raise ConfigError(f"{field} must be a list of (regex, value) pairs; {rule!r} is not one.")
         try:
             re.compile(rule[0])
         except re.error as e:
-            raise ValueError(f"{field}: {rule[0]!r} is not a valid regex ({e}).") from None
+            raise ConfigError(f"{field}: {rule[0]!r} is not a valid regex ({e}).") from None
         rules.append((rule[0], _plain(rule[1])))
     return rules
 
@@ -70,7 +73,7 @@ def _assign(names: Sequence[str], rules: Sequence[tuple[str, Any]], field: str) 
     for i, (pattern, _) in enumerate(rules):
         if not any(re.fullmatch(pattern, name) for name in names):
             hint = " Parameter names never start with '/'." if pattern.startswith("/") else ""
-            raise ValueError(
+            raise ConfigError(
                 f"{field}: regex {pattern!r} matches no parameter.{hint} Regexes must match whole names such as "
                 f"{_examples(names)}."
             )
@@ -95,7 +98,7 @@ def _schedule_rules(config: Any, schedule: Any = None) -> list[tuple[str, Any]]:
     rules = _rules(schedule, "config.schedule")
     for pattern, sched in rules:
         if sched is not None and not isinstance(sched, dict):
-            raise ValueError(
+            raise ConfigError(
                 f"config.schedule: the entry for {pattern!r} must be a dict of schedule options or None "
                 f"(to freeze), got {sched!r}."
             )
@@ -111,12 +114,12 @@ def _split_frozen(
     assigned = _assign(names, rules, "config.schedule")
     uncovered = [name for name, i in assigned.items() if i is None]
     if uncovered:
-        raise ValueError(
+        raise ConfigError(
             f"config.schedule must cover every parameter (use None to freeze); not covered: {_examples(uncovered, 10)}."
         )
     frozen = {name for name, i in assigned.items() if i is not None and rules[i][1] is None}
     if names and len(frozen) == len(names):
-        raise ValueError("config.schedule freezes every parameter, so nothing would train.")
+        raise ConfigError("config.schedule freezes every parameter, so nothing would train.")
     return assigned, rules, frozen
 
 
@@ -136,7 +139,7 @@ def resolve_transform(name: str) -> Callable[..., optax.GradientTransformation]:
         public = [n for n in dir(optax) if not n.startswith("_")]
         close = difflib.get_close_matches(name.removeprefix("optax."), public + own, n=3)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise ValueError(
+        raise ConfigError(
             f"Unknown optax_name {name!r}.{hint} Expected a transform of optax, such as "
             f"{', '.join(map(repr, _OPTAX_EXAMPLES))}, or one of big_vision's: {', '.join(map(repr, own))}."
         )
@@ -150,9 +153,9 @@ def _base_transform(config: Any) -> optax.GradientTransformation:
     try:
         tx = factory(**kwargs)
     except TypeError as e:
-        raise ValueError(f"optax_name {name!r} cannot be built with config.optax={kwargs!r}: {e}") from None
+        raise ConfigError(f"optax_name {name!r} cannot be built with config.optax={kwargs!r}: {e}") from None
     if not isinstance(tx, optax.GradientTransformation):
-        raise ValueError(f"optax_name {name!r} returned {type(tx).__name__}, not an optax GradientTransformation.")
+        raise ConfigError(f"optax_name {name!r} returned {type(tx).__name__}, not an optax GradientTransformation.")
     return tx
 
 
@@ -163,7 +166,7 @@ def _lr_mult_transforms(config: Any, params: Any, names: Sequence[str]) -> list[
     rules = _rules(lr_mults, "config.lr_mults")
     bad = [(pattern, mult) for pattern, mult in rules if not mult > 0]
     if bad:
-        raise ValueError(f"config.lr_mults must be positive, got {bad}; freeze parameters with schedule=None instead.")
+        raise ConfigError(f"config.lr_mults must be positive, got {bad}; freeze parameters with schedule=None instead.")
     assigned = _assign(names, rules, "config.lr_mults")
     return [optax.masked(optax.scale(mult), _mask(params, assigned, i)) for i, (_, mult) in enumerate(rules)]
 
@@ -187,7 +190,7 @@ def _check_deprecated(config: Any) -> None:
     moved = {"weight_decay": "wd (with wd_mults)", "optim": "optax_name and optax"}
     for old, new in moved.items():
         if old in config:
-            raise ValueError(f"config.{old} is not supported; use config.{new}.")
+            raise ConfigError(f"config.{old} is not supported; use config.{new}.")
 
 
 def make_optimizer(
@@ -208,9 +211,7 @@ def make_optimizer(
     durations it resolved to steps, see :mod:`bv.core.run_plan`).
     """
     _check_deprecated(config)
-    lr = config.get("lr")
-    if lr is None:
-        raise ValueError("config.lr (the base learning rate) is required to build the optimizer.")
+    lr = _learning_rate(config.get("lr"))
     names = [name for name, _ in flatten_with_names(params)]
     assigned, rules, frozen = _split_frozen(config, params, schedule)
 
@@ -221,7 +222,7 @@ def make_optimizer(
             continue
         sched = dict(sched)
         if "base" in sched:
-            raise ValueError("config.schedule: scale a schedule with 'mult', not 'base' (the lr is config.lr).")
+            raise ConfigError("config.schedule: scale a schedule with 'mult', not 'base' (the lr is config.lr).")
         fn = make_schedule(total_steps, base=sched.pop("mult", 1.0), **sched)
         schedule_txs.append(optax.masked(optax.scale_by_schedule(fn), _mask(params, assigned, i)))
         name = "lr" if not named_fns else f"lr_{len(named_fns)}"
@@ -240,6 +241,20 @@ def make_optimizer(
     labels = map_with_names(lambda name, _: _FREEZE if name in frozen else _TRAIN, params)
     tx = optax.multi_transform({_TRAIN: train_tx, _FREEZE: optax.set_to_zero()}, labels)
     return tx, named_fns
+
+
+def _learning_rate(lr: Any) -> float:
+    """``config.lr`` checked: a finite number >= 0 (0 trains nothing, e.g. to check a pipeline or an eval)."""
+    if lr is None:
+        raise ConfigError("config.lr (the base learning rate) is required to build the optimizer.")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr):
+        raise ConfigError(f"config.lr must be a finite number, such as 0.001; got {lr!r}.")
+    if lr < 0:
+        raise ConfigError(
+            f"config.lr={lr!r} is negative: training would climb the loss instead of descending it (gradient "
+            "ascent). Use a positive learning rate such as 0.001."
+        )
+    return float(lr)
 
 
 def _scaled(fn: Schedule, lr: float) -> Schedule:

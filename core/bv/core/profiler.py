@@ -16,6 +16,8 @@ from typing import Any, Mapping
 
 import jax
 
+from bv.core.config import ConfigError
+
 log = logging.getLogger("bv.profiler")
 
 PROFILE_DIR = "profile"
@@ -37,13 +39,13 @@ class StepProfiler:
         cfg = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
         unknown = set(cfg) - {"start_step", "num_steps"}
         if unknown:
-            raise ValueError(f"config.profile has unknown keys {sorted(unknown)}; it takes start_step and num_steps.")
+            raise ConfigError(f"config.profile has unknown keys {sorted(unknown)}; it takes start_step and num_steps.")
         start, num = cfg.get("start_step", 1), cfg.get("num_steps", 5)
         for key, value, low in (("start_step", start, 0), ("num_steps", num, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"config.profile.{key} must be a whole number >= {low}, got {value!r}.")
+                raise ConfigError(f"config.profile.{key} must be a whole number >= {low}, got {value!r}.")
         if workdir is None:
-            raise ValueError("config.profile needs a --workdir to write the trace to.")
+            raise ConfigError("config.profile needs a --workdir to write the trace to.")
         out = os.path.join(workdir, PROFILE_DIR) if jax.process_index() == 0 else None
         return cls(start, num, out)
 

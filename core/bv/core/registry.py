@@ -17,10 +17,12 @@ import importlib
 import importlib.util
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
+from bv.core.errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
     """A name that is not registered; the message lists the registered ones."""
 
     def __str__(self) -> str:  # KeyError would quote the message.

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from typing import Any, Mapping
 
 import ml_collections
 
 from bv.core import durations, sharding
+from bv.core.config import ConfigError
 from bv.core.files import write_text
 
 RESOLVED_FILE = "resolved.json"
@@ -35,6 +38,8 @@ class RunPlan:
     log_every: int
     ckpt_every: int | None
     keep_every: int | None
+    ckpt_async: bool = True  # write checkpoints in the background while training goes on
+    ckpt_compress: bool = False  # zstd-compress checkpoint arrays (under 10% smaller, slower saves)
 
     def steps_of(self, prefix: str, cfg: Mapping[str, Any]) -> int | None:
         """``cfg``'s duration ``prefix`` (``log_steps``, ``log_epochs``, ...) in steps, or None if not given."""
@@ -86,15 +91,28 @@ def resolve_schedule(schedule: Any, *, data_size: int, batch_size: int, total_st
 
 def plan_run(config: ml_collections.ConfigDict, train_size: int, mesh: Any, process_count: int = 1) -> RunPlan:
     """Resolves the config's durations for a training set of ``train_size`` examples on ``mesh``."""
-    batch_size = int(config.input.batch_size)
-    grad_accum_steps = int(config.get("grad_accum_steps", 1))
-    if grad_accum_steps < 1:
-        raise ValueError(f"config.grad_accum_steps must be a positive integer, got {grad_accum_steps}.")
+    batch_size = _whole_number(config.input.get("batch_size"), "config.input.batch_size", "the global batch size")
+    grad_accum_steps = _whole_number(
+        config.get("grad_accum_steps", 1), "config.grad_accum_steps", "the number of microbatches per step"
+    )
     shards = sharding.batch_shards(mesh)
     if batch_size % (shards * grad_accum_steps):
-        raise ValueError(
-            f"config.input.batch_size={batch_size} must be divisible by the {shards} devices the batch is "
-            f"split over (mesh axes {sharding.batch_axes(mesh)}) times config.grad_accum_steps={grad_accum_steps}."
+        fits = shards * grad_accum_steps
+        raise ConfigError(
+            f"config.input.batch_size={batch_size} must be divisible by the {shards} device(s) the batch is split over "
+            f"(mesh axes {sharding.batch_axes(mesh)}) times config.grad_accum_steps={grad_accum_steps}, i.e. by "
+            f"{fits}. Use a multiple of {fits}, such as {max(fits, batch_size // fits * fits)}, or change "
+            "config.grad_accum_steps."
+        )
+    if batch_size % process_count:
+        raise ConfigError(
+            f"config.input.batch_size={batch_size} must be divisible by the {process_count} processes (hosts)."
+        )
+    if batch_size > train_size:
+        raise ConfigError(
+            f"config.input.batch_size={batch_size} is larger than the training data ({train_size} examples): every "
+            f"step would show each example about {batch_size / max(train_size, 1):.0f} times. Use a batch size of at "
+            f"most {train_size}, or train on a larger split."
         )
     total = durations.total_steps(config, train_size, batch_size)
 
@@ -115,7 +133,17 @@ def plan_run(config: ml_collections.ConfigDict, train_size: int, mesh: Any, proc
         log_every=steps_of("log_training") or max(1, total // 100),
         ckpt_every=steps_of("ckpt"),
         keep_every=steps_of("keep_ckpt"),
+        ckpt_async=bool(config.get("ckpt_async", True)),
+        ckpt_compress=bool(config.get("ckpt_compress", False)),
     )
+
+
+def _whole_number(value: Any, key: str, what: str) -> int:
+    """``value`` as an int >= 1, else a :class:`ConfigError` naming ``key``."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value != int(value) or value < 1:
+        raise ConfigError(f"{key} ({what}) must be a whole number >= 1, got {value!r}.")
+    return int(value)
 
 
 def save_plan(plan: RunPlan, workdir: str) -> str:

@@ -12,6 +12,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from bv.core.config import ConfigError, ConfigTypeError
+
 Schedule = Callable[[Any], jax.Array]
 
 DECAY_TYPES = ("cosine", "linear", "polynomial", "rsqrt", "stair", "constant")
@@ -43,7 +45,7 @@ def _check_kwargs(kw: dict[str, Any]) -> None:
             hint = _HINTS.get(
                 key, f"valid options: base, decay_type, warmup_steps, cooldown_steps, {', '.join(_KNOWN_KWARGS)}"
             )
-        raise TypeError(f"Unknown schedule option {key!r}: {hint}.")
+        raise ConfigTypeError(f"Unknown schedule option {key!r}: {hint}.")
 
 
 def _decay(
@@ -74,9 +76,9 @@ def _check_stair(kw: dict[str, Any]) -> None:
     steps: Sequence[int] = kw.get("steps", ())
     mults: Sequence[float] = kw.get("mults", ())
     if len(steps) != len(mults):
-        raise ValueError(f"A stair schedule needs one mult per step boundary, got steps={steps} and mults={mults}.")
+        raise ConfigError(f"A stair schedule needs one mult per step boundary, got steps={steps} and mults={mults}.")
     if list(steps) != sorted(steps):
-        raise ValueError(f"A stair schedule's steps must be increasing, got {steps}.")
+        raise ConfigError(f"A stair schedule's steps must be increasing, got {steps}.")
 
 
 def make_schedule(
@@ -101,7 +103,7 @@ def make_schedule(
     cooldown goes linearly to 0 over the last ``cooldown_steps``.
     """
     if decay_type not in DECAY_TYPES:
-        raise ValueError(f"Unknown decay_type {decay_type!r}; valid ones: {', '.join(DECAY_TYPES)}.")
+        raise ConfigError(f"Unknown decay_type {decay_type!r}; valid ones: {', '.join(DECAY_TYPES)}.")
     _check_kwargs(kw)
     for name, value in (
         ("total_steps", total_steps),
@@ -109,10 +111,10 @@ def make_schedule(
         ("cooldown_steps", cooldown_steps),
     ):
         if int(value) != value or value < 0:
-            raise ValueError(f"{name} must be a non-negative integer number of steps, got {value!r}.")
+            raise ConfigError(f"{name} must be a non-negative integer number of steps, got {value!r}.")
     # Runs of 0 or 1 steps (eval-only, debugging) may have any warmup.
     if total_steps > 1 and warmup_steps >= total_steps:
-        raise ValueError(f"warmup_steps ({warmup_steps}) must be smaller than total_steps ({total_steps}).")
+        raise ConfigError(f"warmup_steps ({warmup_steps}) must be smaller than total_steps ({total_steps}).")
     if decay_type == "stair":
         _check_stair(kw)
     decay_steps = max(total_steps - warmup_steps, 1)

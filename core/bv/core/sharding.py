@@ -31,6 +31,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from bv.core import registry
+from bv.core.config import ConfigError
 from bv.core.tree import flatten_with_names, path_name
 
 log = logging.getLogger(__name__)
@@ -65,19 +66,19 @@ def make_mesh(
     devices = list(jax.devices() if devices is None else devices)
     given = [tuple(axis) for axis in (DEFAULT_MESH if mesh_config is None else mesh_config)]
     if not given:
-        raise ValueError("config.mesh is empty: expected a list of (axis name, size) pairs such as [('data', -1)].")
+        raise ConfigError("config.mesh is empty: expected a list of (axis name, size) pairs such as [('data', -1)].")
     names: list[str] = []
     sizes: list[int] = []
     for axis in given:
         if len(axis) != 2 or not isinstance(axis[0], str) or isinstance(axis[1], bool):
-            raise ValueError(
+            raise ConfigError(
                 f"Bad config.mesh entry {axis!r} in {given}: expected (axis name, size) like ('data', -1)."
             )
         name, size = axis
         if name in names:
-            raise ValueError(f"config.mesh={given} names the axis {name!r} twice.")
+            raise ConfigError(f"config.mesh={given} names the axis {name!r} twice.")
         if not isinstance(size, (int, np.integer)) or (size < 1 and size != -1):
-            raise ValueError(f"config.mesh={given}: the size of axis {name!r} must be a positive integer or -1.")
+            raise ConfigError(f"config.mesh={given}: the size of axis {name!r} must be a positive integer or -1.")
         names.append(name)
         sizes.append(int(size))
 
@@ -85,16 +86,16 @@ def make_mesh(
     known = math.prod(s for s in sizes if s != -1)
     wildcards = sizes.count(-1)
     if wildcards > 1:
-        raise ValueError(f"config.mesh={given} has {wildcards} axes of size -1; at most one size can be inferred.")
+        raise ConfigError(f"config.mesh={given} has {wildcards} axes of size -1; at most one size can be inferred.")
     if wildcards:
         if num % known:
-            raise ValueError(
+            raise ConfigError(
                 f"config.mesh={given}: the fixed axis sizes multiply to {known}, which does not divide the "
                 f"{num} devices, so the -1 axis cannot be inferred."
             )
         sizes[sizes.index(-1)] = num // known
     elif known != num:
-        raise ValueError(
+        raise ConfigError(
             f"config.mesh={given} asks for {known} devices ({' x '.join(map(str, sizes))}), but there are {num}. "
             "Make the sizes multiply to the device count, or use -1 for one axis."
         )
@@ -162,7 +163,7 @@ def _axes(axis: Any) -> tuple[str, ...]:
         return (axis,)
     if isinstance(axis, (tuple, list)) and axis and all(isinstance(a, str) for a in axis):
         return tuple(axis)
-    raise ValueError(f"A mesh axis must be a name or a tuple of names, got {axis!r}.")
+    raise ConfigError(f"A mesh axis must be a name or a tuple of names, got {axis!r}.")
 
 
 def _entry(axes: tuple[str, ...]) -> MeshAxes:
@@ -172,7 +173,7 @@ def _entry(axes: tuple[str, ...]) -> MeshAxes:
 def _check_axes(mesh: Mesh, axes: tuple[str, ...], leaf_name: str, op: str) -> None:
     unknown = [a for a in axes if a not in mesh.shape]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"{op} for {leaf_name!r} names mesh axis {', '.join(map(repr, unknown))}, but the mesh has "
             f"{', '.join(map(repr, mesh.axis_names))}."
         )
@@ -192,7 +193,7 @@ def replicate() -> Op:
 
     def op(spec: Spec, leaf: Leaf) -> Spec:
         if any(entry is not None for entry in spec):
-            raise ValueError(f"{leaf.name!r} is already sharded as {spec} by an earlier op, so it cannot replicate.")
+            raise ConfigError(f"{leaf.name!r} is already sharded as {spec} by an earlier op, so it cannot replicate.")
         return spec
 
     return op
@@ -235,15 +236,15 @@ def shard_dim(axis: str | Sequence[str], dim: int, ignore_ndim_error: bool = Fal
         if not -len(spec) <= dim < len(spec):
             if ignore_ndim_error:
                 return spec
-            raise ValueError(
+            raise ConfigError(
                 f"shard_dim(dim={dim}) does not fit {leaf.name!r} of shape {leaf.shape}. Use a regex that "
                 "does not match it, or shard_dim(..., ignore_ndim_error=True)."
             )
         i = dim % len(spec)
         if spec[i] is not None:
-            raise ValueError(f"shard_dim(dim={dim}): dimension {i} of {leaf.name!r} is already sharded as {spec}.")
+            raise ConfigError(f"shard_dim(dim={dim}): dimension {i} of {leaf.name!r} is already sharded as {spec}.")
         if _used(spec) & set(axes):
-            raise ValueError(f"shard_dim: mesh axis {axes} already shards another dimension of {leaf.name!r}: {spec}.")
+            raise ConfigError(f"shard_dim: mesh axis {axes} already shards another dimension of {leaf.name!r}: {spec}.")
         return spec[:i] + (_entry(axes),) + spec[i + 1 :]
 
     return op
@@ -288,7 +289,7 @@ def _parse_ops(strategy_str: str, regex: str) -> list[Op]:
         try:
             ops.append(factory(*args, **kwargs))
         except (TypeError, ValueError) as e:
-            raise ValueError(f"Bad sharding strategy {part.strip()!r} (for regex {regex!r}): {e}") from None
+            raise ConfigError(f"Bad sharding strategy {part.strip()!r} (for regex {regex!r}): {e}") from None
     return ops
 
 
@@ -297,7 +298,7 @@ def normalize_rules(rules: Sequence[Sequence[Any]] | None) -> LogicalRules:
     out = []
     for rule in DEFAULT_RULES if rules is None else rules:
         if len(rule) != 2 or not isinstance(rule[0], str):
-            raise ValueError(f"Bad sharding rule {rule!r}: expected (logical axis, mesh axis or axes or None).")
+            raise ConfigError(f"Bad sharding rule {rule!r}: expected (logical axis, mesh axis or axes or None).")
         logical_name, target = rule
         out.append((logical_name, None if target is None else _entry(_axes(target))))
     return tuple(out)
@@ -374,11 +375,11 @@ def param_shardings(
     parsed = []
     for item in strategy:
         if len(item) != 2 or not all(isinstance(s, str) for s in item):
-            raise ValueError(f"Bad sharding strategy entry {item!r}: expected (regex, strategy string).")
+            raise ConfigError(f"Bad sharding strategy entry {item!r}: expected (regex, strategy string).")
         try:
             pattern = re.compile(item[0])
         except re.error as e:
-            raise ValueError(f"Bad sharding strategy regex {item[0]!r}: {e}.") from None
+            raise ConfigError(f"Bad sharding strategy regex {item[0]!r}: {e}.") from None
         parsed.append((pattern, _parse_ops(item[1], item[0])))
     logical_rules = normalize_rules(rules)
     table = _logical_table(shapes_tree, boxes_only=True)
@@ -390,7 +391,7 @@ def param_shardings(
     unmatched = [n for n in names if not any(pattern.fullmatch(n) for pattern, _ in parsed)]
     if unmatched:
         more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
-        raise ValueError(
+        raise ConfigError(
             f"No sharding strategy regex matches {', '.join(map(repr, unmatched[:5]))}{more}; the regexes are "
             f"{[p.pattern for p, _ in parsed]}. Add a catch-all such as ('.*', 'replicate') at the end."
         )
@@ -422,13 +423,13 @@ def _check_spec(leaf: Leaf, spec: Spec) -> None:
         axes = _axes(entry)
         _check_axes(leaf.mesh, axes, leaf.name, "The sharding")
         if dim % _size(leaf.mesh, entry):
-            raise ValueError(
+            raise ConfigError(
                 f"{leaf.name!r} of shape {leaf.shape} cannot be sharded as {spec}: {dim} is not divisible by "
                 f"the {_size(leaf.mesh, entry)} devices of mesh axes {axes}."
             )
         seen.extend(axes)
     if len(seen) != len(set(seen)):
-        raise ValueError(f"{leaf.name!r} would be sharded as {spec}, which uses a mesh axis twice.")
+        raise ConfigError(f"{leaf.name!r} would be sharded as {spec}, which uses a mesh axis twice.")
 
 
 # ----------------------------------------------------------------------------

@@ -3,12 +3,15 @@
 A task says how to build its parameters, its loss and metrics for one batch,
 and the predict functions its evaluators call. The trainer owns everything
 else (mesh, data, optimizer, checkpoints, resume, evals, logs). A project that
-needs to change how gradients become updates (SAM) overrides ``grads``.
+needs to change how a step's gradient is computed from its batch (SAM: a second
+pass at perturbed params) overrides ``step_grads``; one with values that are not
+trained by gradient (a VQ-VAE's moving-average codebook) overrides ``after_step``.
 """
 
 from __future__ import annotations
 
 import abc
+import dataclasses
 import importlib
 import importlib.util
 from typing import Any, Callable, Mapping
@@ -19,17 +22,37 @@ import jax.numpy as jnp
 import ml_collections
 
 from bv.core import losses, registry
+from bv.core.accumulate import accumulate_grads
 
 Params = Any
 Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
+@dataclasses.dataclass(frozen=True)
+class StepInfo:
+    """What the trainer knows about the optimizer step being taken, for :meth:`Task.step_grads`."""
+
+    step: jax.Array  # the number of the step being taken, 1 for the first (traced)
+    num_microbatches: int = 1  # config.grad_accum_steps
+    total_steps: int | None = None  # the run's length (None: not known, e.g. a step built outside the trainer)
+    # The optimizer's learning rates ("lr", "lr_1", ...: one per trained schedule), as functions of step - 1.
+    lr_fns: tuple[tuple[str, Callable[[Any], jax.Array]], ...] = ()
+
+    def lr(self, name: str = "lr") -> jax.Array:
+        """The learning rate ``name`` that this step's update applies."""
+        fns = dict(self.lr_fns)
+        if name not in fns:
+            raise KeyError(f"No learning rate {name!r}; this run's are: {', '.join(fns) or '(none)'}.")
+        return fns[name](self.step - 1)
+
+
 class Task(abc.ABC):
     """Base class of tasks; subclasses implement ``init``, ``loss`` and ``predict_fns``.
 
-    The trainer calls nothing else, so these three (and the optional ``grads`` and
-    ``logical_axes`` hooks) are the whole contract between a project and the loop.
+    The trainer calls nothing else, so these three (and the optional ``grads``,
+    ``step_grads``, ``after_step`` and ``logical_axes`` hooks) are the whole contract between a project
+    and the loop.
     """
 
     def __init__(self, config: ml_collections.ConfigDict):
@@ -46,9 +69,32 @@ class Task(abc.ABC):
         raise NotImplementedError
 
     def grads(self, params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics, Params]:
-        """Loss, metrics and the gradient the optimizer receives (override for SAM-like methods)."""
+        """Loss, metrics and gradient of one (micro)batch."""
         (loss, metrics), grads = jax.value_and_grad(self.loss, has_aux=True)(params, batch, rng)
         return loss, metrics, grads
+
+    def step_grads(
+        self, params: Params, batch: Batch, rng: jax.Array, info: StepInfo
+    ) -> tuple[jax.Array, Metrics, Params]:
+        """Loss, metrics and the gradient the optimizer receives for the step's whole batch.
+
+        By default the mean of ``grads`` over ``info.num_microbatches`` microbatches
+        (gradient accumulation). Override it when the gradient needs more than one pass
+        over the batch (SAM needs the batch's gradient before it can perturb the params).
+        """
+        return accumulate_grads(self.grads, params, batch, rng, info.num_microbatches)
+
+    def after_step(
+        self, old_params: Params, params: Params, batch: Batch, rng: jax.Array, info: StepInfo
+    ) -> tuple[Params, Metrics]:
+        """The step's final params from the optimizer's (``params``), and extra metrics to log.
+
+        ``old_params`` are the params the step's gradient was taken at, ``batch`` and ``rng``
+        the ones ``step_grads`` saw. By default ``params`` unchanged. Override it for values
+        that are not trained by gradient: a VQ-VAE codebook updated as a moving average of
+        the batch's encodings, frozen parts that must stay bitwise as they were.
+        """
+        return params, {}
 
     @abc.abstractmethod
     def predict_fns(self) -> dict[str, Callable[..., Any]]:

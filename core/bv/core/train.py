@@ -10,18 +10,18 @@ interrupted.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
-from typing import Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import jax
 import ml_collections
 
-from bv.core import cli, distributed, durations, registry, sharding
+from bv.core import cli, compile_cache, distributed, sharding, workdir_lock
 from bv.core import config as config_lib
-from bv.core.hub.fit import ParamsMismatchError
-from bv.core.metrics_log import MetricLog
+from bv.core.events import LoggedRun, config_text, input_images
 from bv.core.profiler import StepProfiler
 from bv.core.run_plan import RunPlan, plan_run, save_plan
 from bv.core.tasks import get_task
@@ -40,6 +40,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
     ``config`` is not changed: the values resolved from it (steps from epochs, ...) are
     in the run plan, which the workdir keeps as ``resolved.json`` beside ``config.json``.
     """
+    # One run per workdir: a second one would resume from, and delete, the first one's checkpoints.
+    with workdir_lock.hold(workdir if jax.process_index() == 0 else None):
+        return _train(config, workdir)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, float]:
     from bv.evaluators import build_evaluators
 
     _quiet_tfds()
@@ -69,24 +75,29 @@ def train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, f
 
     # Only now, with a consistent state in hand, is the workdir written to.
     metric_log = open_workdir(config, plan, workdir, ts.start_step)
-    if ts.start_step >= plan.total_steps:
-        return finished_run(metric_log, plan)
+    try:
+        if ts.start_step >= plan.total_steps:
+            return finished_run(metric_log, plan)
 
-    # The loop. Activation sharding (config.sharding_rules) applies when the step is traced.
-    log.info(
-        "Training for %d steps (%d examples per epoch, batch %d) on %d device(s).",
-        plan.total_steps,
-        plan.train_size,
-        plan.batch_size,
-        jax.device_count(),
-    )
-    loop = TrainLoop(
-        ts, jit_train_step(config, task, ts, plan, mesh), plan, mesh, evaluators, metric_log, workdir, profiler
-    )
-    with sharding.activation_rules(config.get("sharding_rules"), mesh):
-        final = loop.run(data.batches(ts.start_step))
-    print_final(final)
-    return final
+        # The loop. Activation sharding (config.sharding_rules) applies when the step is traced.
+        log.info(
+            "Training for %d steps (%d examples per epoch, batch %d) on %d device(s).",
+            plan.total_steps,
+            plan.train_size,
+            plan.batch_size,
+            jax.device_count(),
+        )
+        loop = TrainLoop(
+            ts, jit_train_step(config, task, ts, plan, mesh), plan, mesh, evaluators, metric_log, workdir, profiler
+        )
+        images = config.get("tensorboard_images", 4)
+        batches = log_first_images(data.batches(ts.start_step), metric_log, images, ts.start_step)
+        with sharding.activation_rules(config.get("sharding_rules"), mesh):
+            final = loop.run(batches)
+        print_final(final)
+        return final
+    finally:
+        metric_log.close()  # the event files
 
 
 def _quiet_tfds() -> None:
@@ -95,17 +106,42 @@ def _quiet_tfds() -> None:
     tfds.disable_progress_bar()
 
 
-def open_workdir(config: ml_collections.ConfigDict, plan: RunPlan, workdir: str | None, start_step: int) -> MetricLog:
-    """Writes the config as given and the run plan (process 0 only), and opens the metrics log."""
+def open_workdir(config: ml_collections.ConfigDict, plan: RunPlan, workdir: str | None, start_step: int) -> LoggedRun:
+    """Writes the config as given and the run plan (process 0 only), and opens the metrics log.
+
+    The log writes ``metrics.jsonl`` and, beside it, TensorBoard event files (unless
+    ``config.tensorboard`` is False), starting with the config as text.
+    """
     is_chief = jax.process_index() == 0
     if workdir and is_chief:
         os.makedirs(workdir, exist_ok=True)
         config_lib.save_config(config, workdir)
         save_plan(plan, workdir)
-    return MetricLog(workdir if is_chief else None, resume_step=start_step, quiet=not is_chief)
+    metric_log = LoggedRun(
+        workdir if is_chief else None,
+        resume_step=start_step,
+        quiet=not is_chief,
+        events=bool(config.get("tensorboard", True)),
+    )
+    if metric_log.events is not None:
+        metric_log.events.text("config", config_text(config), start_step)
+    return metric_log
 
 
-def finished_run(metric_log: MetricLog, plan: RunPlan) -> dict[str, float]:
+def log_first_images(
+    batches: Iterator[Mapping[str, Any]], metric_log: LoggedRun, count: int, step: int
+) -> Iterator[Mapping[str, Any]]:
+    """``batches`` unchanged; ``count`` images of the first one go to TensorBoard (``input/train``)."""
+    if metric_log.events is None or count <= 0:
+        return batches
+    first = next(batches)
+    images = input_images(first, count)
+    if images is not None:
+        metric_log.events.images("input/train", images, step)
+    return itertools.chain([first], batches)
+
+
+def finished_run(metric_log: LoggedRun, plan: RunPlan) -> dict[str, float]:
     """A workdir already at its last step: nothing is trained or evaluated again; its logged metrics are returned."""
     print(
         f"The workdir's checkpoint is already at the last step ({plan.total_steps}); nothing to do. "
@@ -125,30 +161,24 @@ def print_final(final: dict[str, float]) -> None:
             print(f"Final {name}: {value:.4f}", flush=True)
 
 
-def main(argv: Sequence[str] | None = None, default_config: str | None = None) -> None:
-    """Console entry point: parses the command line and trains."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+def main(argv: Sequence[str] | None = None, default_config: str | None = None, *, prog: str = "bv-train") -> None:
+    """Console entry point (``bv train``, alias ``bv-train``): parses the command line and trains."""
+    # force: absl (imported with orbax) may already have put its handler on the root logger.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout, force=True
+    )
     # Several processes (multi-host GPU, TPU pod, SLURM): join them before anything touches JAX.
     distributed.initialize_from_env()
+    # A second run of a config loads its compiled steps instead of compiling them (~/.cache/bv/jax).
+    compile_cache.enable()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # TFDS and absl log every file they open at INFO; keep the console for training.
     logging.getLogger("absl").setLevel(logging.WARNING)
-    args = cli.parse_train_args_or_exit(argv, default_config)
-    from bv.evaluators import EvaluatorConfigError
-
-    try:
+    # A user's mistake (bad config, data, workdir, checkpoint) is one paragraph and exit code 2; a bug keeps
+    # its traceback. The two errors below are the loop's own, not yet bv.core.errors.UserError subclasses.
+    with cli.user_errors(prog, also=(WorkdirMismatchError, NonFiniteLossError)):
+        args = cli.parse_train_args_or_exit(argv, default_config, prog=prog)
         train(args.config, args.workdir)
-    except (
-        WorkdirMismatchError,
-        NonFiniteLossError,
-        registry.UnknownNameError,
-        config_lib.ConfigError,
-        EvaluatorConfigError,
-        durations.DurationError,
-        ParamsMismatchError,  # config.model_init does not fit the model: the message lists how
-    ) as e:
-        print(f"bv-train: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bv.core import checkpoint, ema, sharding
-from bv.core.accumulate import accumulate_grads
 from bv.core.mixup import mix_batch
 from bv.core.model_init import load_pretrained
 from bv.core.optimizers import make_optimizer
 from bv.core.run_plan import RunPlan
-from bv.core.tasks import Task
+from bv.core.tasks import StepInfo, Task
 
 log = logging.getLogger("bv.train")
 
@@ -37,6 +36,7 @@ def make_train_step(
     grad_accum_steps: int = 1,
     mixup: Mapping[str, Any] | None = None,
     ema_config: ema.EmaConfig | None = None,
+    total_steps: int | None = None,
 ) -> Callable[..., tuple[State, dict[str, jax.Array]]]:
     """One optimizer step: ``(state, batch, step) -> (state, metrics)``.
 
@@ -45,7 +45,9 @@ def make_train_step(
     run resumed. With ``grad_accum_steps > 1`` the batch is split into that many
     microbatches whose gradients are averaged: the same update as the whole batch,
     in less memory. ``mixup`` (``config.mixup``, e.g. ``{"p": 0.2}``) mixes the
-    global batch first. ``ema_config`` also updates ``state["ema"]``.
+    global batch first. ``ema_config`` also updates ``state["ema"]``. The task's
+    ``step_grads`` gets the step, the learning rates and ``total_steps`` (see ``StepInfo``);
+    ``after_step`` may then replace the optimizer's new params (and add metrics).
     """
 
     def train_step(state: State, batch: Mapping[str, jax.Array], step: jax.Array) -> tuple[State, dict]:
@@ -54,9 +56,11 @@ def make_train_step(
         if mixup and mixup.get("p"):
             mix_rng, step_rng = jax.random.split(step_rng)
             batch = mix_batch(mix_rng, batch, mixup)
-        loss, metrics, grads = accumulate_grads(task.grads, params, batch, step_rng, grad_accum_steps)
+        info = StepInfo(step, grad_accum_steps, total_steps, tuple(schedule_fns))
+        loss, metrics, grads = task.step_grads(params, batch, step_rng, info)
         updates, opt_state = tx.update(grads, state["opt"], params)
         params = optax.apply_updates(params, updates)
+        params, step_metrics = task.after_step(state["params"], params, batch, step_rng, info)
         new_state = {**state, "params": params, "opt": opt_state}
         if ema_config is not None:
             new_state["ema"] = ema.update(state["ema"], params, step, ema_config)
@@ -65,6 +69,7 @@ def make_train_step(
             "l2_grads": optax.tree.norm(grads),
             "l2_params": optax.tree.norm(params),
             **metrics,
+            **step_metrics,
             **{name: fn(step - 1) for name, fn in schedule_fns},
         }
         return new_state, metrics
@@ -128,7 +133,12 @@ def _layout(
 
 
 def _restore(path: str, template: State, workdir: str | None) -> tuple[State, dict[str, Any]]:
+    """Restores the workdir's newest intact checkpoint (``path`` is the workdir), or ``config.resume``'s."""
     try:
+        if workdir and path == workdir:
+            restored = checkpoint.restore_latest(workdir, template)  # skips (and sets aside) damaged ones
+            assert restored is not None, "resume_path found a checkpoint"
+            return restored
         return checkpoint.restore(path, template)
     except checkpoint.CheckpointMismatchError as e:
         where = f"The workdir {workdir!r}" if workdir and path.startswith(workdir) else f"config.resume ({path!r})"
@@ -140,11 +150,12 @@ def _restore(path: str, template: State, workdir: str | None) -> tuple[State, di
 
 
 def resume_path(config: ml_collections.ConfigDict, workdir: str | None) -> str | None:
-    """The checkpoint to resume from: the workdir's latest, else ``config.resume``'s, else None."""
-    path = checkpoint.latest(workdir) if workdir else None
-    if path is None and config.get("resume"):
-        path = checkpoint.latest(config.resume) or config.resume
-    return path
+    """Where to resume from: the workdir if it has a checkpoint, else ``config.resume``'s, else None."""
+    if workdir and checkpoint.latest(workdir):
+        return workdir
+    if config.get("resume"):
+        return checkpoint.latest(config.resume) or config.resume
+    return None
 
 
 def create_train_state(
@@ -165,6 +176,8 @@ def create_train_state(
     path = resume_path(config, workdir)
     if path:
         state, meta = _restore(path, lay.shapes, workdir)
+        if path == workdir:  # the checkpoint used: damaged newer ones were set aside
+            path = checkpoint.latest(workdir) or path
         log.info("Resuming from %s at step %d.", path, int(meta["step"]))
         return made(state, int(meta["step"]), meta)
 
@@ -197,7 +210,7 @@ def jit_train_step(
     mixup = mixup.to_dict() if isinstance(mixup, ml_collections.ConfigDict) else (dict(mixup) if mixup else None)
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(
-        make_train_step(task, ts.tx, ts.schedule_fns, plan.grad_accum_steps, mixup, ts.ema),
+        make_train_step(task, ts.tx, ts.schedule_fns, plan.grad_accum_steps, mixup, ts.ema, plan.total_steps),
         in_shardings=(ts.shardings, sharding.batch_sharding(mesh), replicated),
         out_shardings=(ts.shardings, replicated),
         donate_argnums=(0,),

@@ -27,8 +27,9 @@ import numpy as np
 import tensorflow as tf
 
 import bv.pp
-from bv.core import sharding
+from bv.core import progress, sharding
 from bv.core.data import input_pipeline
+from bv.core.errors import UserError
 
 PredictFn = Callable[..., Any]
 Params = Any
@@ -45,7 +46,7 @@ class Evaluator(Protocol):
     def run(self, params: Params) -> dict[str, float]: ...
 
 
-class EvaluatorConfigError(ValueError):
+class EvaluatorConfigError(UserError, ValueError):
     """An evaluator's config that cannot work; the message names the evaluator and the fix."""
 
 
@@ -139,7 +140,8 @@ class EvalData:
 
     def batches(self) -> Iterator[tuple[dict[str, jax.Array], dict[str, np.ndarray]]]:
         """``(device batch, host batch)`` pairs; the device batch always holds ``_mask``."""
-        for batch in self.dataset.as_numpy_iterator():
+        # A bar on a terminal for evals that take a while; nothing in logs (bv.core.progress).
+        for batch in progress.bar(self.dataset.as_numpy_iterator(), total=self.steps, desc=self.where, unit="batch"):
             host = {k: batch[k] for k in self.host_keys if k in batch}
             on_device = {k: v for k, v in batch.items() if (self.keys is None or k in self.keys)}
             on_device = {k: v for k, v in on_device.items() if np.asarray(v).dtype.kind not in "SUO"}

@@ -236,3 +236,72 @@ def test_decode_jpeg_and_inception_crop_graph_mode_matches_eager():
     data = {"image": tf.io.encode_jpeg(smooth_image()), "_rng": tf.constant([1, 2], tf.int64)}
     spec = "decode_jpeg_and_inception_crop(6)"
     np.testing.assert_array_equal(run(spec, data)["image"], run_in_dataset(spec, data)["image"])
+
+
+# ---------------------------------------------------------------- random_affine
+
+
+def _bar() -> np.ndarray:
+    img = np.zeros((28, 28, 1), np.uint8)
+    img[10:14, 8:20] = 255  # a horizontal bar, 4 x 12 pixels
+    return img
+
+
+def test_random_affine_defaults_are_the_identity():
+    img = _bar()
+    for rng in seeds(3):
+        np.testing.assert_array_equal(run("random_affine()", {"image": img, "_rng": rng})["image"], img)
+
+
+def test_random_affine_translates_by_whole_pixels_within_the_range():
+    img = _bar()
+    shifts = set()
+    for rng in seeds(12):
+        out = run("random_affine(translate=0.2, method='nearest')", {"image": img, "_rng": rng})["image"]
+        assert out.shape == img.shape and out.dtype == np.uint8
+        on = np.argwhere(out[..., 0] > 0)
+        dy, dx = on.min(0) - (10, 8)
+        assert abs(dy) <= 0.2 * 28 + 1 and abs(dx) <= 0.2 * 28 + 1
+        # A shift moves the bar whole, as long as it stays inside the image.
+        np.testing.assert_array_equal(on.max(0) - on.min(0), (3, 11))
+        shifts.add((int(dy), int(dx)))
+        again = run("random_affine(translate=0.2, method='nearest')", {"image": img, "_rng": rng})["image"]
+        np.testing.assert_array_equal(out, again)  # the example's seed decides
+    assert len(shifts) >= 6, "different seeds must give different shifts"
+
+
+def test_random_affine_rotates_about_the_centre():
+    # A fixed rotation: degrees=90 draws in [-90, 90]; the bar's centre stays where it is, and the
+    # bar turns by the drawn angle, so it is taller than wide for large angles.
+    img = np.zeros((29, 29, 1), np.float32)
+    img[13:16, 4:25] = 1.0  # centred on (14, 14)
+    heights = []
+    for rng in seeds(16):
+        out = run_in_dataset("random_affine(degrees=90)", {"image": img, "_rng": rng})["image"]
+        ys, xs = np.nonzero(out[..., 0] > 0.5)
+        assert abs(ys.mean() - 14) < 1.0 and abs(xs.mean() - 14) < 1.0
+        heights.append(ys.max() - ys.min())
+    assert min(heights) <= 8 and max(heights) >= 16  # some angles near 0, some near +-90 degrees
+
+
+def test_random_affine_scale_grows_and_shrinks_the_content():
+    img = _bar()
+    areas = [
+        (run("random_affine(scale=(0.5, 2.0))", {"image": img, "_rng": rng})["image"] > 127).sum() for rng in seeds(16)
+    ]
+    assert min(areas) < 0.5 * (img > 127).sum() < (img > 127).sum() * 2 < max(areas)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("random_affine(degrees=-1)", "degrees >= 0"),
+        ("random_affine(translate=1.5)", "0 <= translate < 1"),
+        ("random_affine(scale=(1.2, 0.8))", "range of positive factors"),
+        ("random_affine(scale='big')", "a number or a \\(min, max\\) pair"),
+        ("random_affine(method='cubic')", "'bilinear' or 'nearest'"),
+    ],
+)
+def test_random_affine_bad_arguments(spec, message):
+    with pytest.raises(ValueError, match=message):
+        pp_ops.call(spec)

@@ -82,6 +82,19 @@ class Tokenizer(abc.ABC):
     def bos_token(self) -> int:
         """The beginning-of-sentence id (-1 if the vocabulary has none)."""
 
+    def _rows_to_str(self, ids: Any, stop_at_eos: bool, decode: Callable[[Ids], str]) -> str | list[str]:
+        """:meth:`to_str` for one id sequence or several (lists, arrays, tensors), each cut at eos, by ``decode``."""
+        if isinstance(ids, (tf.Tensor, tf.RaggedTensor)):
+            ids = ids.to_list() if isinstance(ids, tf.RaggedTensor) else ids.numpy()
+
+        def one(row: Iterable[Any]) -> str:
+            row = [int(i) for i in row]
+            if stop_at_eos and self.eos_token in row:
+                row = row[: row.index(self.eos_token)]
+            return decode(row)
+
+        return [one(row) for row in ids] if _is_batch(ids) else one(ids)
+
     def to_int_tf_op(self, text: Any, *, bos: bool = False, eos: bool = False) -> tf.Tensor | tf.RaggedTensor:
         """:meth:`to_int` as a TF op: a scalar string gives int32 ``[n]``; strings of shape S a ragged ``S + [None]``."""
         text = tf.convert_to_tensor(text)
@@ -291,16 +304,7 @@ class SentencePieceTokenizer(Tokenizer):
         return [head + ids + tail for ids in self._sp.encode(texts, out_type=int)]
 
     def to_str(self, ids: Any, *, stop_at_eos: bool = True) -> str | list[str]:
-        if isinstance(ids, (tf.Tensor, tf.RaggedTensor)):
-            ids = ids.to_list() if isinstance(ids, tf.RaggedTensor) else ids.numpy()
-
-        def one(row: Iterable[Any]) -> str:
-            row = [int(i) for i in row]
-            if stop_at_eos and self.eos_token in row:
-                row = row[: row.index(self.eos_token)]
-            return self._sp.decode(row)
-
-        return [one(row) for row in ids] if _is_batch(ids) else one(ids)
+        return self._rows_to_str(ids, stop_at_eos, self._sp.decode)
 
     def to_piece(self, idx: int) -> str:
         if not 0 <= int(idx) < self.vocab_size:
@@ -367,16 +371,10 @@ class WordTokenizer(Tokenizer):
         return [head + self._one(t) + tail for t in text]
 
     def to_str(self, ids: Any, *, stop_at_eos: bool = True) -> str | list[str]:
-        if isinstance(ids, (tf.Tensor, tf.RaggedTensor)):
-            ids = ids.to_list() if isinstance(ids, tf.RaggedTensor) else ids.numpy()
-
-        def one(row: Iterable[Any]) -> str:
-            row = [int(i) for i in row]
-            if stop_at_eos and self.eos_token in row:
-                row = row[: row.index(self.eos_token)]
+        def decode(row: Ids) -> str:
             return " ".join(self.vocab[i] for i in row if i not in (self.pad_token, self.bos_token))
 
-        return [one(row) for row in ids] if _is_batch(ids) else one(ids)
+        return self._rows_to_str(ids, stop_at_eos, decode)
 
     def to_piece(self, idx: int) -> str:
         if not 0 <= int(idx) < self.vocab_size:
@@ -494,17 +492,12 @@ class HFTokenizer(Tokenizer):
         return [head + e.ids + tail for e in encodings]
 
     def to_str(self, ids: Any, *, stop_at_eos: bool = True) -> str | list[str]:
-        if isinstance(ids, (tf.Tensor, tf.RaggedTensor)):
-            ids = ids.to_list() if isinstance(ids, tf.RaggedTensor) else ids.numpy()
+        marks = {self.bos_token, self.eos_token, self.pad_token}
 
-        def one(row: Iterable[Any]) -> str:
-            row = [int(i) for i in row]
-            if stop_at_eos and self.eos_token in row:
-                row = row[: row.index(self.eos_token)]
-            marks = {self.bos_token, self.eos_token, self.pad_token}
+        def decode(row: Ids) -> str:
             return str(self._tok.decode([i for i in row if i not in marks], skip_special_tokens=True))
 
-        return [one(row) for row in ids] if _is_batch(ids) else one(ids)
+        return self._rows_to_str(ids, stop_at_eos, decode)
 
     def to_piece(self, idx: int) -> str:
         piece = self._tok.id_to_token(int(idx)) if 0 <= int(idx) < self.vocab_size else None

@@ -9,6 +9,7 @@ split strings (``"train[:90%]"``) and per-host splitting all work on it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -19,7 +20,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from bv.core import progress
+
 DEFAULT_VERSION = "1.0.0"
+BAD_IMAGE_ACTIONS = ("stop", "skip")
+
+log = logging.getLogger("bv.data")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -113,6 +119,7 @@ def build_from_image_folder(
     *,
     version: str = DEFAULT_VERSION,
     overwrite: bool = False,
+    on_bad_image: str = "stop",
 ) -> tfds.core.DatasetBuilder:
     """Writes a folder of labelled images as the TFDS data set ``name``; returns its builder.
 
@@ -124,13 +131,31 @@ def build_from_image_folder(
     count, or 3 (RGB) when grayscale and colour images are mixed, and TFDS's decoder
     converts each image to it. Examples are shuffled on write, as in most TFDS data sets.
     Features: ``image`` (uint8) and ``label`` (``ClassLabel``).
+
+    Every image is decoded once before anything is written. A file that cannot be decoded
+    (truncated, corrupt, not an image) stops the build with an error naming it, unless
+    ``on_bad_image="skip"``: then such files are left out, and their count and the first
+    few names are logged (and kept in the data set's description).
     """
     _check_name(name)
+    if on_bad_image not in BAD_IMAGE_ACTIONS:
+        raise ValueError(f"on_bad_image must be one of {BAD_IMAGE_ACTIONS}, got {on_bad_image!r}.")
     layout = _scan_image_folder(folder)
+    shapes, bad = _decode_all(layout)
+    skipped_note = ""
+    if bad:
+        listing = "; ".join(f"{os.path.relpath(p, folder)} ({why})" for p, why in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        total = len(shapes) + len(bad)
+        if on_bad_image == "stop":
+            raise ValueError(
+                f"{len(bad)} of the {total} images in {folder!r} cannot be read: {listing}{more}. Remove or "
+                "replace them, or pass on_bad_image='skip' to build the data set without them."
+            )
+        log.warning("Skipped %d of %d images in %s that cannot be read: %s%s.", len(bad), total, folder, listing, more)
+        skipped_note = f" {len(bad)} of {total} images could not be read and were skipped."
+        layout = _without(layout, {p for p, _ in bad})
     classes = sorted({cls for per_class in layout.values() for cls in per_class})
-    shapes = {
-        path: _image_shape(path) for per_class in layout.values() for paths in per_class.values() for path in paths
-    }
     out_channels = _common_channels({s[2] for s in shapes.values()})
     sizes = {s[:2] for s in shapes.values()}
     height, width = sizes.pop() if len(sizes) == 1 else (None, None)
@@ -155,7 +180,7 @@ def build_from_image_folder(
         {split: source(per_class) for split, per_class in layout.items()},
         data_dir=data_dir,
         version=version,
-        description=f"{name}: built by bv from the image folder {os.path.abspath(folder)}.",
+        description=f"{name}: built by bv from the image folder {os.path.abspath(folder)}.{skipped_note}",
         ordered=False,
         overwrite=overwrite,
     )
@@ -402,16 +427,35 @@ def _common_channels(channels: set[int]) -> int:
     return 1 if channels <= {1, 2} else 3
 
 
-def _decode(path: str) -> tf.Tensor:
-    try:
-        return tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
-        raise ValueError(f"Cannot read image {path!r}: {e.message}") from None
+def _decode_all(
+    layout: Mapping[str, Mapping[str, list[str]]],
+) -> tuple[dict[str, tuple[int, int, int]], list[tuple[str, str]]]:
+    """The (height, width, channels) of every image that decodes, and (path, reason) for those that do not."""
+    shapes: dict[str, tuple[int, int, int]] = {}
+    bad: list[tuple[str, str]] = []
+    paths = [path for per_class in layout.values() for class_paths in per_class.values() for path in class_paths]
+    for path in progress.bar(paths, total=len(paths), desc="checking images", unit="img"):
+        try:
+            h, w, c = tf.io.decode_image(tf.io.read_file(path), expand_animations=False).shape
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+            bad.append((path, e.message.strip().splitlines()[0][:100]))
+            continue
+        shapes[path] = (int(h), int(w), int(c))
+    return shapes, bad
 
 
-def _image_shape(path: str) -> tuple[int, int, int]:
-    h, w, c = _decode(path).shape
-    return int(h), int(w), int(c)
+def _without(layout: Mapping[str, Mapping[str, list[str]]], drop: set[str]) -> dict[str, dict[str, list[str]]]:
+    """``layout`` less the ``drop`` paths; a class or split left with no image is an error."""
+    out: dict[str, dict[str, list[str]]] = {}
+    for split, per_class in layout.items():
+        out[split] = {cls: [p for p in paths if p not in drop] for cls, paths in per_class.items()}
+        empty = [cls for cls, paths in out[split].items() if not paths]
+        if empty:
+            raise ValueError(
+                f"Split {split!r}: no readable image is left for class(es) {', '.join(empty)} once the "
+                "unreadable ones are skipped."
+            )
+    return out
 
 
 def _read_image(path: str) -> bytes:

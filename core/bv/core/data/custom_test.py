@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import os
 from pathlib import Path
 
@@ -134,8 +136,34 @@ def test_image_folder_errors(tmp_path: Path) -> None:
         custom.build_from_image_folder(str(tmp_path / "noimages"), "x", str(tmp_path))
     (tmp_path / "broken" / "cls").mkdir(parents=True)
     (tmp_path / "broken" / "cls" / "a.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="Cannot read image"):
+    with pytest.raises(ValueError, match=r"1 of the 1 images .* cannot be read: cls/a.png"):
         custom.build_from_image_folder(str(tmp_path / "broken"), "x", str(tmp_path))
+    with pytest.raises(ValueError, match="no readable image is left for class"):
+        custom.build_from_image_folder(str(tmp_path / "broken"), "x", str(tmp_path), on_bad_image="skip")
+    with pytest.raises(ValueError, match="on_bad_image must be one of"):
+        custom.build_from_image_folder(str(tmp_path / "broken"), "x", str(tmp_path), on_bad_image="ignore")
+
+
+def test_image_folder_corrupt_images_stop_the_build_or_are_skipped_with_a_count(tmp_path: Path, caplog) -> None:
+    folder = tmp_path / "pets"
+    for cls, value in (("cat", 7), ("dog", 9)):
+        (folder / cls).mkdir(parents=True)
+        for i in range(3):
+            (folder / cls / f"{i}.png").write_bytes(tf.io.encode_png(np.full((4, 4, 3), value, np.uint8)).numpy())
+    good = (folder / "dog" / "0.png").read_bytes()
+    (folder / "dog" / "1.png").write_bytes(good[: len(good) // 2])  # truncated by an interrupted copy
+    (folder / "cat" / "2.png").write_bytes(b"\x89PNG garbage")  # not an image at all
+    with pytest.raises(ValueError) as error:
+        custom.build_from_image_folder(str(folder), "pets", str(tmp_path / "data"))
+    message = str(error.value)
+    assert "2 of the 6 images" in message and "cat/2.png" in message and "dog/1.png" in message
+    assert "on_bad_image='skip'" in message
+    assert not custom.is_built("pets", str(tmp_path / "data"))  # nothing half-written
+    with caplog.at_level(logging.WARNING, logger="bv.data"):
+        builder = custom.build_from_image_folder(str(folder), "pets", str(tmp_path / "data"), on_bad_image="skip")
+    assert "Skipped 2 of 6 images" in caplog.text
+    assert builder.info.splits["train"].num_examples == 4
+    assert "2 of 6 images could not be read and were skipped" in builder.info.description
 
 
 def test_default_data_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -34,7 +34,9 @@ big_vision.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
+import os
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -43,6 +45,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from bv.core import registry
+from bv.core.config import ConfigError
 from bv.core import tree as bv_tree
 from bv.core.data import custom
 from bv.core.data import embedded  # noqa: F401  (registers the embedded data sets)
@@ -74,19 +77,46 @@ def get_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuil
         return builder
     try:
         return tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        known = ", ".join(registry.datasets.names())
-        raise registry.UnknownNameError(
-            f"Unknown dataset {name!r}: it is not an embedded data set (known: {known}), "
-            f"not a TFDS data set, and not found in {data_dir!r}. TFDS said: {e}"
-        ) from None
+    except tfds.core.registered.DatasetNotFoundError:
+        raise _unknown_dataset(name, data_dir) from None
+
+
+def _unknown_dataset(name: str, data_dir: str) -> registry.UnknownNameError:
+    """A short error for a data set name nobody knows: the closest names, not TFDS's list of all 400+."""
+    embedded_names = list(registry.datasets.names())
+    try:
+        built = sorted(d for d in os.listdir(data_dir) if os.path.isdir(os.path.join(data_dir, d)) and d != "downloads")
+    except OSError:
+        built = []
+    base = name.split(":")[0].split("/")[0]  # "name:1.0.0" and "name/config" ask for the data set "name"
+    close = difflib.get_close_matches(base, embedded_names + built + list(tfds.list_builders()), n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(map(repr, dict.fromkeys(close)))}?" if close else ""
+    return registry.UnknownNameError(
+        f"Unknown dataset {name!r}.{hint} It is not an embedded data set ({', '.join(embedded_names)}), not a data set "
+        f"of the TFDS catalogue, and not built in {data_dir!r}"
+        + (f" (which holds {', '.join(built[:10])}{', ...' if len(built) > 10 else ''})" if built else "")
+        + ". Check config.input.data.name (or the evaluator's data.name) and its data_dir."
+    )
+
+
+def _split_error(builder: tfds.core.DatasetBuilder, split: Any, reason: Exception) -> ConfigError:
+    splits = builder.info.splits
+    listing = ", ".join(f"{name} ({int(info.num_examples)} examples)" for name, info in splits.items())
+    why = (str(reason).splitlines() or [type(reason).__name__])[0].split(". Should be one of")[0]
+    return ConfigError(
+        f"No split {split!r} in data set {builder.info.name!r} ({why.rstrip('.')}). Its splits are: {listing}. "
+        "A split can also be a slice or a sum of them, such as 'train[:90%]', 'train[1000:]' or 'train+test'."
+    )
 
 
 def num_examples(builder: tfds.core.DatasetBuilder, split: tfds.typing.SplitArg) -> int:
     """Number of examples in a TFDS split string such as ``"train[:90%]"`` or ``"train+test"``."""
     splits = builder.info.splits
     if splits:
-        return int(splits[split].num_examples)
+        try:
+            return int(splits[split].num_examples)
+        except (KeyError, ValueError) as e:  # an unknown split name, or a slice TFDS cannot parse
+            raise _split_error(builder, split, e) from None
     # No split metadata, as under `tfds.testing.mock_data`: ask the data itself.
     try:
         cardinality = int(builder.as_dataset(split=split).cardinality())
@@ -463,13 +493,16 @@ def to_global_arrays(batch: Mapping[str, Any], sharding: jax.sharding.Sharding) 
     along the first axis (``jax.make_array_from_process_local_data``).
     """
 
-    def put(name: str, x: Any) -> jax.Array:
+    def host_array(name: str, x: Any) -> np.ndarray:
         x = x.numpy() if isinstance(x, tf.Tensor) else np.asarray(x)
         if x.dtype.kind in "SUO":
             raise ValueError(
                 f"Batch entry {name!r} holds strings ({x.dtype}), which cannot go to devices; "
                 "drop it in the pp (e.g. with keep) or keep it on the host."
             )
-        return jax.make_array_from_process_local_data(sharding, x)
+        return x
 
-    return bv_tree.map_with_names(put, dict(batch))
+    arrays = bv_tree.map_with_names(host_array, dict(batch))
+    if jax.process_count() == 1:  # the local batch is the global one: one batched copy for all entries
+        return jax.device_put(arrays, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), arrays)

@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from bv.core.config import ConfigError
 from bv.core.data import input_pipeline
 from bv.core.data.input_pipeline import PreprocessFn
 
@@ -48,7 +49,7 @@ class TrainSource:
 def _normalised(weights: Sequence[float]) -> np.ndarray:
     w = np.asarray(weights, np.float64)
     if w.ndim != 1 or not len(w) or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"Mixture weights must be finite, >= 0, and not all 0; got {list(weights)}.")
+        raise ConfigError(f"Mixture weights must be finite, >= 0, and not all 0; got {list(weights)}.")
     return w / w.sum()
 
 
@@ -96,7 +97,7 @@ def _check_same_outputs(sources: Sequence[TrainSource], streams: Sequence[tf.dat
     for source, stream in zip(sources[1:], streams[1:]):
         other = describe(stream.element_spec)
         if other != first:
-            raise ValueError(
+            raise ConfigError(
                 f"Mixture sources must give the same features after their pp, to be batched together: "
                 f"{sources[0].name!r} gives {first} but {source.name!r} gives {other}. "
                 "Make their pp end alike, e.g. with the same keep(...)."
@@ -129,10 +130,10 @@ def make_mixture_for_train(
     whole mixed stream, not only its own slice (the pp of a source runs before the mixing).
     """
     if not sources:
-        raise ValueError("A mixture needs at least one source.")
+        raise ConfigError("A mixture needs at least one source.")
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
-        raise ValueError(f"Mixture source names must be unique, got {names}.")
+        raise ConfigError(f"Mixture source names must be unique, got {names}.")
     weights = [s.weight for s in sources]
     _normalised(weights)
     process_index, process_count = input_pipeline._process(process_index, process_count)

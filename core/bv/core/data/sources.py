@@ -9,6 +9,8 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
+from bv.core.config import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class SourceConfig:
@@ -31,7 +33,7 @@ def parse_sources(input_cfg: Mapping[str, Any]) -> list[SourceConfig]:
     data = input_cfg.get("data")
     default_pp = input_cfg.get("pp")
     if not isinstance(data, Mapping) or not data:
-        raise ValueError(
+        raise ConfigError(
             "config.input.data must be dict(name=..., split=...) for one data set, or {source: weight, ...} "
             f"for a mixture; got {data!r}."
         )
@@ -40,23 +42,23 @@ def parse_sources(input_cfg: Mapping[str, Any]) -> list[SourceConfig]:
     sources = []
     for name, weight in data.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"config.input.data[{name!r}] = {weight!r}: a mixture maps each source to a weight (a number >= 0). "
                 "For a single data set write data=dict(name=..., split=...)."
             )
         source = input_cfg.get(name)
         if not isinstance(source, Mapping) or not isinstance(source.get("data"), Mapping):
-            raise ValueError(
+            raise ConfigError(
                 f"Mixture source {name!r} has no settings: expected config.input.{name} = "
                 "dict(data=dict(name=..., split=...), pp=...) (pp is optional and defaults to config.input.pp)."
             )
         if "name" not in source["data"] or "split" not in source["data"]:
-            raise ValueError(f"config.input.{name}.data needs both a name and a split, got {dict(source['data'])!r}.")
+            raise ConfigError(f"config.input.{name}.data needs both a name and a split, got {dict(source['data'])!r}.")
         pp = source.get("pp", default_pp)
         if not pp:
-            raise ValueError(f"Mixture source {name!r} has no pp: set config.input.{name}.pp or config.input.pp.")
+            raise ConfigError(f"Mixture source {name!r} has no pp: set config.input.{name}.pp or config.input.pp.")
         if weight > 0:
             sources.append(SourceConfig(name, source["data"], pp, float(weight)))
     if not sources:
-        raise ValueError(f"Every weight of the mixture config.input.data is 0: {dict(data)!r}.")
+        raise ConfigError(f"Every weight of the mixture config.input.data is 0: {dict(data)!r}.")
     return sources

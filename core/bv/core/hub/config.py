@@ -17,12 +17,16 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from bv.core.errors import UserError
+
 FORMAT = "bv"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
+# The config.json key that records each weights file's sha256, checked on every load.
+WEIGHTS_SHA256 = "weights_sha256"
 
 
-class ConfigFormatError(ValueError):
+class ConfigFormatError(UserError, ValueError):
     """A config.json that is not a model config bv can use."""
 
 
@@ -63,20 +67,7 @@ class HubConfig:
             raise ConfigFormatError(f"{source} has no model_name (expected a registered model name such as 'vit').")
         if not isinstance(data.get("model", {}), Mapping):
             raise ConfigFormatError(f"{source}: 'model' must be an object of model keyword arguments.")
-        num_classes = data.get("num_classes")
-        if num_classes is not None and (not isinstance(num_classes, int) or num_classes < 0):
-            raise ConfigFormatError(
-                f"{source}: num_classes must be a non-negative integer or null, got {num_classes!r}."
-            )
-        resolution = data.get("resolution", 224)
-        if not isinstance(resolution, int) or resolution <= 0:
-            raise ConfigFormatError(f"{source}: resolution must be a positive integer, got {resolution!r}.")
-        channels = data.get("channels", 3)
-        if not isinstance(channels, int) or channels <= 0:
-            raise ConfigFormatError(f"{source}: channels must be a positive integer, got {channels!r}.")
-        labels = data.get("labels")
-        if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
-            raise ConfigFormatError(f"{source}: labels must be a list of strings or null.")
+        check_fields(data, source)
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names and (v is not None or k == "num_classes")})
 
@@ -84,9 +75,38 @@ class HubConfig:
         return dataclasses.replace(self, **changes)
 
 
-def write_config(path: str, config: HubConfig) -> None:
+def check_fields(data: Mapping[str, Any], source: str) -> None:
+    """Checks the fields of ``data`` that it has (num_classes, resolution, channels, labels).
+
+    ``source`` names where they come from: a config.json, or ``from_pretrained(...)``'s arguments.
+    """
+    num_classes = data.get("num_classes")
+    if num_classes is not None and (not _is_int(num_classes) or num_classes < 0):
+        raise ConfigFormatError(
+            f"{source}: num_classes must be a whole number >= 0 (or None for no head), got {num_classes!r}."
+        )
+    if "resolution" in data and (not _is_int(data["resolution"]) or data["resolution"] <= 0):
+        raise ConfigFormatError(
+            f"{source}: resolution must be a positive whole number of pixels, such as 224; got {data['resolution']!r}."
+        )
+    if "channels" in data and (not _is_int(data["channels"]) or data["channels"] <= 0):
+        raise ConfigFormatError(f"{source}: channels must be a positive whole number, got {data['channels']!r}.")
+    labels = data.get("labels")
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
+        raise ConfigFormatError(f"{source}: labels must be a list of strings or null.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def write_config(path: str, config: HubConfig, *, weights_sha256: Mapping[str, str] | None = None) -> None:
+    """Writes ``config.json``; ``weights_sha256`` (file name -> sha256) lets a load detect damaged weights."""
+    data = config.to_json()
+    if weights_sha256:
+        data[WEIGHTS_SHA256] = dict(weights_sha256)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(config.to_json(), f, indent=2, sort_keys=True)
+        json.dump(data, f, indent=2, sort_keys=True)
         f.write("\n")
 
 

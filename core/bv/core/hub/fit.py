@@ -16,13 +16,15 @@ from typing import Any
 import jax
 import numpy as np
 
+from bv.core.errors import UserError
+
 from bv.core.tree import map_with_names
 
 # adapt(name, loaded value, target shape) -> adapted value, or None if it cannot adapt that leaf.
 AdaptFn = Callable[[str, np.ndarray, tuple[int, ...]], "np.ndarray | None"]
 
 
-class ParamsMismatchError(ValueError):
+class ParamsMismatchError(UserError, ValueError):
     """Loaded parameters that do not fit the model; the message lists the differences."""
 
 

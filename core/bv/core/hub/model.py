@@ -17,6 +17,7 @@ code from a repo ever runs.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -29,17 +30,37 @@ import jax.numpy as jnp
 import numpy as np
 from huggingface_hub import ModelHubMixin
 
-from bv.core import registry
+from bv.core import failpoints, registry
+from bv.core.errors import UserError
 from bv.core.hub import source as sources
 from bv.core.hub.card import Metric, make_card
-from bv.core.hub.config import CONFIG_FILE, ConfigFormatError, HubConfig, read_json, write_config
+from bv.core.hub.config import (
+    CONFIG_FILE,
+    WEIGHTS_SHA256,
+    ConfigFormatError,
+    HubConfig,
+    check_fields,
+    read_json,
+    write_config,
+)
 from bv.core.hub.fit import fit_params, matches_any
-from bv.core.hub.weights import DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, WEIGHTS_FILE, read_weights, write_weights
+from bv.core.hub.weights import (
+    DEFAULT_MAX_SHARD_BYTES,
+    INDEX_FILE,
+    WEIGHTS_FILE,
+    file_sha256,
+    read_weights,
+    write_weights,
+)
 from bv.core.tree import flatten_with_names, map_with_names, unflatten
 
 Params = Any
 T = TypeVar("T", bound="PretrainedModel")
 _CONFIG_FIELDS = ("num_classes", "resolution", "pp", "labels", "channels")
+
+
+class SaveError(UserError, OSError):
+    """A model folder could not be written (full disk, no permission); the folder is as it was."""
 
 
 class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax"]):
@@ -80,6 +101,15 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
         **model_kwargs: Any,
     ) -> T:
         """A freshly initialised model, e.g. ``ViT.create(variant="Ti/16", num_classes=10, resolution=32)``."""
+        check_fields(
+            {
+                "num_classes": num_classes,
+                "resolution": resolution,
+                "channels": channels,
+                "labels": labels if labels is None or isinstance(labels, str) else list(labels),
+            },
+            f"{cls.__name__}.create",
+        )
         config = HubConfig(
             model_name=cls._registered_name(),
             model=dict(model_kwargs),
@@ -235,6 +265,7 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
         """
         cfg = self._config_for_save(config)
         folder = Path(save_directory)
+        created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         card_kwargs = dict(model_card_kwargs or {})
         card_kwargs.setdefault("repo_id", repo_id)
@@ -242,15 +273,34 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
         card = make_card(
             cfg, class_name=type(self).__name__, module=type(self).__module__.rsplit(".", 1)[0], **card_kwargs
         )
-        with tempfile.TemporaryDirectory(prefix=".bv-save-", dir=folder) as tmp:
-            written = write_weights(tmp, self.state_dict(), max_shard_bytes=max_shard_size)
-            write_config(os.path.join(tmp, CONFIG_FILE), cfg)
-            card.save(os.path.join(tmp, "README.md"))
-            stale = [f for f in os.listdir(folder) if _is_weights_file(f) and f not in written]
-            for name in [*written, CONFIG_FILE, "README.md"]:
-                os.replace(os.path.join(tmp, name), folder / name)
-            for name in stale:  # shards of an earlier, differently sharded save
-                (folder / name).unlink()
+        try:
+            with tempfile.TemporaryDirectory(prefix=".bv-save-", dir=folder) as tmp:
+                written = write_weights(tmp, self.state_dict(), max_shard_bytes=max_shard_size)
+                failpoints.fail_point("hub.save", 0)
+                digests = {n: file_sha256(os.path.join(tmp, n)) for n in written if n.endswith(".safetensors")}
+                write_config(os.path.join(tmp, CONFIG_FILE), cfg, weights_sha256=digests)
+                card.save(os.path.join(tmp, "README.md"))
+                stale = [f for f in os.listdir(folder) if _is_weights_file(f) and f not in written]
+                for name in [*written, CONFIG_FILE, "README.md"]:
+                    os.replace(os.path.join(tmp, name), folder / name)
+                for name in stale:  # shards of an earlier, differently sharded save
+                    (folder / name).unlink()
+        except OSError as e:
+            if created:
+                try:
+                    folder.rmdir()  # nothing of ours is left in it
+                except OSError:
+                    pass
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+                raise
+            reason = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}.get(
+                e.errno, "it is not writable"
+            )
+            raise SaveError(
+                f"Could not write the model to {folder}: {reason} ({e.strerror}). The folder is as it was before "
+                "(the files are written aside and moved in only when all are complete): free some space or pick "
+                "another folder, and save again."
+            ) from e
         if push_to_hub:
             return self.push_to_hub(repo_id or folder.name, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs)
         return None
@@ -365,7 +415,8 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
         if data.get("format") == "bv":
             config = HubConfig.from_json(data, source=config_path)
             owner = cls._class_for(config.model_name, config_path)
-            weights = read_weights(src.path)
+            digests = data.get(WEIGHTS_SHA256)
+            weights = read_weights(src.path, sha256=digests if isinstance(digests, dict) else None)
             saved = _unflatten(weights)
             return owner, config, owner.params_from_saved(saved, config)
         if "architecture" in data:
@@ -411,6 +462,7 @@ class PretrainedModel(ModelHubMixin, library_name="bv", tags=["bv", "jax", "flax
     @classmethod
     def _apply_overrides(cls, config: HubConfig, overrides: Mapping[str, Any]) -> HubConfig:
         top = {k: v for k, v in overrides.items() if k in _CONFIG_FIELDS}
+        check_fields(top, f"{cls.__name__}.from_pretrained")
         model = {**config.model, **{k: v for k, v in overrides.items() if k not in _CONFIG_FIELDS}}
         if "num_classes" in top and top["num_classes"] != config.num_classes and "labels" not in top:
             top["labels"] = None  # the old label names describe the old head

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from bv.core.hub import (
     ConfigFormatError,
     ParamsMismatchError,
     PretrainedModel,
+    SaveError,
     SourceError,
     WeightsError,
     load_model,
@@ -202,10 +204,21 @@ def test_a_failed_save_keeps_the_old_folder(tmp_path: Path, monkeypatch: pytest.
     def fail(*args: Any, **kwargs: Any) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("bv.core.hub.model.write_config", fail)
-    with pytest.raises(OSError, match="disk full"):
-        _model(seed=2).save_pretrained(tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr("bv.core.hub.model.write_config", fail)
+        with pytest.raises(OSError, match="disk full"):
+            _model(seed=2).save_pretrained(tmp_path)
     assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
+
+    monkeypatch.setenv("BV_FAIL_AT", "hub.save@0")  # the OSError(ENOSPC) a full disk raises
+    with pytest.raises(SaveError) as error:
+        _model(seed=2).save_pretrained(tmp_path)
+    assert f"Could not write the model to {tmp_path}: the disk is full" in str(error.value)
+    assert "The folder is as it was before" in str(error.value)
+    assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
+    with pytest.raises(SaveError):
+        _model(seed=2).save_pretrained(tmp_path / "new")
+    assert not (tmp_path / "new").exists()  # a folder the failed save created is not left behind
 
 
 def test_bad_sources_and_inputs() -> None:
@@ -246,3 +259,59 @@ def test_offline_loads_a_cached_repo_and_fails_fast_otherwise(tmp_path: Path, mo
         TinyNet.from_pretrained("org/other", cache_dir=tmp_path / "cache")
     with pytest.raises(SourceError, match="not in the local Hub cache"):
         TinyNet.from_pretrained("org/tiny", cache_dir=tmp_path / "cache", revision="f" * 40)
+
+
+def test_flipped_bytes_in_the_weights_are_caught_by_their_checksum(tmp_path: Path) -> None:
+    _model(seed=4).save_pretrained(tmp_path / "ok")
+    recorded = json.loads((tmp_path / "ok" / "config.json").read_text())["weights_sha256"]
+    assert set(recorded) == {"model.safetensors"}
+    shutil.copytree(tmp_path / "ok", tmp_path / "flipped")
+    weights = tmp_path / "flipped" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    for i in range(len(data) - 64, len(data)):  # inside the last array: same size, same header
+        data[i] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(
+        WeightsError, match=r"flipped/model.safetensors is damaged: its sha256 is .* config.json records"
+    ):
+        TinyNet.from_pretrained(tmp_path / "flipped")
+    with pytest.raises(WeightsError, match=r"force_download=True"):
+        load_model(str(tmp_path / "flipped"))
+    TinyNet.from_pretrained(tmp_path / "ok")  # the undamaged copy still loads
+
+
+def test_a_corrupt_header_names_the_file_and_what_to_do(tmp_path: Path) -> None:
+    _model().save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[8:12] = b"\xff\xfe{["  # the JSON header itself
+    weights.write_bytes(bytes(data))
+    with pytest.raises(WeightsError) as error:
+        TinyNet.from_pretrained(tmp_path)
+    message = str(error.value)
+    assert str(weights) in message and "is not a safetensors file" in message
+    assert "Download it again" in message and "force_download=True" in message and "bv-export" in message
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            dict(num_classes=-3),
+            "TinyNet.from_pretrained: num_classes must be a whole number >= 0 (or None for no head), got -3.",
+        ),
+        (
+            dict(resolution=0),
+            "TinyNet.from_pretrained: resolution must be a positive whole number of pixels, such as 224; got 0.",
+        ),
+        (dict(resolution=12.5), "resolution must be a positive whole number"),
+        (dict(channels=-1), "TinyNet.from_pretrained: channels must be a positive whole number, got -1."),
+        (dict(labels="cat,dog"), "labels must be a list of strings"),
+    ],
+)
+def test_bad_from_pretrained_arguments(tmp_path: Path, overrides: dict[str, Any], message: str) -> None:
+    _model().save_pretrained(tmp_path)
+    with pytest.raises(ConfigFormatError, match=re.escape(message)):
+        TinyNet.from_pretrained(tmp_path, **overrides)
+    with pytest.raises(ConfigFormatError, match="TinyNet.create: "):
+        TinyNet.create(**{"num_classes": 4, "resolution": 12, **overrides})

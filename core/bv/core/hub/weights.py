@@ -11,6 +11,7 @@ weights. Nothing here unpickles anything.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,14 +22,21 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from bv.core.errors import UserError
+
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 1024**3
 _SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+# What to do about a damaged weights file, said by every error about one.
+_FIX = (
+    "Download it again (for a Hub repo: from_pretrained(..., force_download=True), or delete it from the Hub "
+    "cache), or write the folder again (save_pretrained, bv-export)."
+)
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "model.bin", "flax_model.msgpack", "model.ckpt", "model.pt", "model.pth")
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """Weights that are missing, corrupt, truncated or not in the expected format."""
 
 
@@ -104,14 +112,42 @@ def weight_files(folder: str) -> list[str]:
     raise WeightsError(f"{folder} has no {WEIGHTS_FILE} or {INDEX_FILE}; the files there are: {present}.")
 
 
-def read_weights(folder: str, *, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-    """All weights of a model folder as a flat name -> numpy array mapping (checked for corruption)."""
+def read_weights(
+    folder: str, *, names: Iterable[str] | None = None, sha256: Mapping[str, str] | None = None
+) -> dict[str, np.ndarray]:
+    """All weights of a model folder as a flat name -> numpy array mapping (checked for corruption).
+
+    ``sha256`` (file name -> hex digest, as ``config.json`` records them) also catches damage that
+    keeps a file's size and header: flipped bytes inside the arrays.
+    """
     files = weight_files(folder)
     wanted = set(names) if names is not None else None
     out: dict[str, np.ndarray] = {}
     for file in files:
-        out.update(read_safetensors(os.path.join(folder, file), wanted))
+        path = os.path.join(folder, file)
+        _check_header(path)
+        if sha256 and file in sha256:
+            _check_sha256(path, sha256[file])
+        out.update(read_safetensors(path, wanted))
     return out
+
+
+def file_sha256(path: str) -> str:
+    """The hex sha256 of a file, read in 16 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(16 * 1024 * 1024), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_sha256(path: str, expected: str) -> None:
+    actual = file_sha256(path)
+    if actual != expected:
+        raise WeightsError(
+            f"{path} is damaged: its sha256 is {actual[:16]}..., but config.json records {expected[:16]}... for it "
+            f"(the digest save_pretrained wrote). {_FIX}"
+        )
 
 
 def read_safetensors(path: str, names: set[str] | None = None) -> dict[str, np.ndarray]:
@@ -125,7 +161,7 @@ def read_safetensors(path: str, names: set[str] | None = None) -> dict[str, np.n
                     out[key] = f.get_tensor(key)
         return out
     except (safetensors.SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"Cannot read the weights file {path}: {e}. It may be corrupt; download it again.") from e
+        raise WeightsError(f"Cannot read the weights file {path}: {e}. It may be damaged. {_FIX}") from e
 
 
 def _check_header(path: str) -> None:
@@ -134,29 +170,32 @@ def _check_header(path: str) -> None:
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise WeightsError(f"{path} is not a safetensors file: it is only {size} bytes long.")
+            raise WeightsError(f"{path} is not a safetensors file: it is only {size} bytes long. {_FIX}")
         header_len = int.from_bytes(head, "little")
         if header_len <= 0 or header_len > min(size - 8, 100 * 1024**2):
-            hint = " It looks like a pickle file, which bv never loads." if head[:1] == b"\x80" else ""
-            raise WeightsError(f"{path} is not a safetensors file (its header length field is invalid).{hint}")
+            if head[:1] == b"\x80":
+                raise WeightsError(
+                    f"{path} is not a safetensors file (its header length field is invalid). It looks like a pickle "
+                    "file, which bv never loads: convert the weights to safetensors."
+                )
+            raise WeightsError(f"{path} is not a safetensors file (its header length field is invalid). {_FIX}")
         try:
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise WeightsError(f"{path} is not a safetensors file: its header is not JSON ({e}).") from e
+            raise WeightsError(f"{path} is not a safetensors file: its header is not JSON ({e}). {_FIX}") from e
     if not isinstance(header, dict):
-        raise WeightsError(f"{path} is not a safetensors file: its header is not a JSON object.")
+        raise WeightsError(f"{path} is not a safetensors file: its header is not a JSON object. {_FIX}")
     end = 0
     for key, entry in header.items():
         if key == "__metadata__":
             continue
         offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
-            raise WeightsError(f"{path} has a corrupt header entry for {key!r}.")
+            raise WeightsError(f"{path} has a corrupt header entry for {key!r}. {_FIX}")
         end = max(end, offsets[1])
     if 8 + header_len + end > size:
         raise WeightsError(
-            f"{path} is truncated: its header describes {8 + header_len + end} bytes but the file has {size}. "
-            "Download it again (for a Hub repo, pass force_download=True)."
+            f"{path} is truncated: its header describes {8 + header_len + end} bytes but the file has {size}. {_FIX}"
         )
 
 

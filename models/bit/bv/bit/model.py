@@ -18,6 +18,7 @@ and, with a head, ``logits_2d`` and ``logits``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +26,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bv.core.config import ConfigError, check_known
+from bv.core.tree import flatten_with_names
+
 Array = Any
+Params = Any  # a nested mapping of arrays
 
 # Bottleneck units per stage for each named depth (26 is timm's, as in big_vision).
 BLOCK_SIZES: dict[int, tuple[int, ...]] = {
@@ -42,17 +47,17 @@ ROOT_POOL_PADS = ("-inf", "zero")
 def block_sizes(depth: int | Sequence[int]) -> tuple[int, ...]:
     """The number of bottleneck units in each stage: a named depth (26/50/101/152/200) or an explicit list."""
     if isinstance(depth, bool):
-        raise ValueError(f"depth must be an int or a list of units per stage, got {depth!r}.")
+        raise ConfigError(f"depth must be an int or a list of units per stage, got {depth!r}.")
     if isinstance(depth, int):
         if depth not in BLOCK_SIZES:
-            raise ValueError(
+            raise ConfigError(
                 f"Unknown ResNet depth {depth}: expected one of {', '.join(map(str, BLOCK_SIZES))}, "
                 "or a list of units per stage such as [3, 4, 6, 3]."
             )
         return BLOCK_SIZES[depth]
     sizes = tuple(depth)
     if not sizes or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in sizes):
-        raise ValueError(
+        raise ConfigError(
             f"depth as a list must hold positive unit counts per stage, such as [3, 4, 6, 3]; got {depth!r}."
         )
     return sizes
@@ -71,7 +76,7 @@ def root_width(width: float) -> int:
     """Channels of the root conv (``64 * width``); every later width is a power-of-two multiple of it."""
     channels = int(64 * width)
     if channels <= 0 or channels % GN_GROUPS:
-        raise ValueError(
+        raise ConfigError(
             f"width={width} gives {channels} root channels, which GroupNorm cannot split into {GN_GROUPS} groups; "
             "use a width whose 64 * width is a positive multiple of 32, such as 0.5, 1, 1.5, 2, 3 or 4."
         )
@@ -146,6 +151,10 @@ class ResNet(nn.Module):
     num_classes: int | None = None
     width: float = 1.0
     depth: int | tuple[int, ...] = 50
+
+    def logical_axes(self, params: Params) -> dict[str, tuple[str | None, ...]]:
+        """Logical axis names of ``params``, for the trainer's "logical" sharding strategy."""
+        return logical_axes(params)
 
     @nn.compact
     def __call__(self, image: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
@@ -246,11 +255,15 @@ class ResNetV2(nn.Module):
     ws_eps: float = 1e-10
     root_pool_pad: str = "-inf"
 
+    def logical_axes(self, params: Params) -> dict[str, tuple[str | None, ...]]:
+        """Logical axis names of ``params``, for the trainer's "logical" sharding strategy."""
+        return logical_axes(params)
+
     @nn.compact
     def __call__(self, image: Array, *, train: bool = False) -> tuple[Array, dict[str, Array]]:
         del train  # no dropout, no batch statistics
         if self.root_pool_pad not in ROOT_POOL_PADS:
-            raise ValueError(f"root_pool_pad must be one of {ROOT_POOL_PADS}, got {self.root_pool_pad!r}.")
+            raise ConfigError(f"root_pool_pad must be one of {ROOT_POOL_PADS}, got {self.root_pool_pad!r}.")
         sizes = block_sizes(self.depth)
         width = root_width(self.width)
         out: dict[str, Array] = {}
@@ -301,14 +314,42 @@ def _head(x: Array, out: dict[str, Array], num_classes: int | None) -> tuple[Arr
     return x, out
 
 
+# Logical axis names of each parameter, for sharding (config.sharding_strategy "logical" + config.sharding_rules).
+# Convolution kernels (HWIO) name their input and output channels; GroupNorm scales and biases name the
+# channels they scale as "conv_out" (the output channels of the conv before them, or of the unit before them in
+# v2), so one rule [("conv_out", "model")] splits every conv's filters together with its norm. The head uses
+# ViT's names. Either family (v1 "bit" or v2 "bit_paper"); both take the same table.
+_LOGICAL_AXES: list[tuple[str, tuple[str | None, ...]]] = [
+    (r"head/kernel", ("embed", "classes")),
+    (r"head/bias", ("classes",)),
+    (r".*/kernel", (None, None, "conv_in", "conv_out")),  # every StdConv: [kh, kw, in, out]
+    (r".*/(scale|bias)", ("conv_out",)),  # v1's nn.GroupNorm: [C]
+    (r".*/(scale|bias)", (None, None, None, "conv_out")),  # v2's GroupNorm: [1, 1, 1, C]
+]
+
+
+def logical_axes(params: Params) -> dict[str, tuple[str | None, ...]]:
+    """``{param name: logical axis names}`` for BiT params, v1 or v2 (one name per dimension)."""
+    out: dict[str, tuple[str | None, ...]] = {}
+    for name, leaf in flatten_with_names(params):
+        for pattern, names in _LOGICAL_AXES:
+            if re.fullmatch(pattern, name) and len(names) == len(leaf.shape):
+                out[name] = names
+                break
+    return out
+
+
 def _fields(depth: int | Sequence[int], width: float) -> dict[str, Any]:
     block_sizes(depth)  # fail early, with the message a user can act on
     root_width(width)
     return {"depth": depth if isinstance(depth, int) else tuple(depth), "width": width}
 
 
-def create_model(num_classes: int | None = None, *, depth: int | Sequence[int] = 50, width: float = 1.0) -> ResNet:
+def create_model(
+    num_classes: int | None = None, *, depth: int | Sequence[int] = 50, width: float = 1.0, **unknown: Any
+) -> ResNet:
     """A BiT ResNet v1 (``"bit"``): ``depth`` 26/50/101/152/200 or units per stage, ``width`` a multiplier of 64."""
+    check_known("BiT option (config.model key)", unknown, ("depth", "width"))
     return ResNet(num_classes=num_classes, **_fields(depth, width))
 
 
@@ -319,8 +360,10 @@ def create_paper_model(
     width: float = 1.0,
     ws_eps: float = 1e-10,
     root_pool_pad: str = "-inf",
+    **unknown: Any,
 ) -> ResNetV2:
     """A BiT-paper ResNet v2 (``"bit_paper"``); see :class:`ResNetV2` for ``ws_eps`` and ``root_pool_pad``."""
+    check_known("BiT option (config.model key)", unknown, ("depth", "width", "ws_eps", "root_pool_pad"))
     if root_pool_pad not in ROOT_POOL_PADS:
-        raise ValueError(f"root_pool_pad must be one of {ROOT_POOL_PADS}, got {root_pool_pad!r}.")
+        raise ConfigError(f"root_pool_pad must be one of {ROOT_POOL_PADS}, got {root_pool_pad!r}.")
     return ResNetV2(num_classes=num_classes, ws_eps=float(ws_eps), root_pool_pad=root_pool_pad, **_fields(depth, width))

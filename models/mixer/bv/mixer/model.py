@@ -9,6 +9,8 @@ checkpoints load without renaming.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,7 +18,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from bv.core.config import ConfigError, check_known
+from bv.core.tree import flatten_with_names
+
 Array = Any  # a jax or numpy array
+Params = Any  # a nested mapping of arrays
+
+_ACT_AXES = ("act_batch", "act_len", "act_emb")  # tokens between blocks, named as ViT names its tokens
 
 # big_vision's Mixer sizes: hidden_dim, num_blocks, tokens_mlp_dim, channels_mlp_dim.
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
@@ -31,7 +39,7 @@ def decode_variant(variant: str) -> dict[str, Any]:
     """Turns ``"B"`` or ``"B/16"`` into ``hidden_dim``, ``num_blocks``, the two MLP widths (and ``patch_size``)."""
     name, sep, patch = variant.partition("/")
     if name not in VARIANTS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown Mixer variant {variant!r}: the size must be one of {', '.join(VARIANTS)}, "
             "optionally followed by '/<patch size>' as in 'B/16'."
         )
@@ -44,7 +52,7 @@ def decode_variant(variant: str) -> dict[str, Any]:
     }
     if sep:
         if not patch.isdigit() or int(patch) <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"Bad patch size in Mixer variant {variant!r}: expected a positive integer after '/', as in 'B/16'."
             )
         config["patch_size"] = (int(patch), int(patch))
@@ -86,6 +94,7 @@ class MixerBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool = False) -> Array:
+        x = nn.with_logical_constraint(x, _ACT_AXES)
         y = nn.LayerNorm()(x)
         y = jnp.swapaxes(y, 1, 2)  # [n, channels, tokens]: the MLP mixes tokens
         y = MlpBlock(self.tokens_mlp_dim, self.approximate_gelu, name="token_mixing")(y)
@@ -93,7 +102,7 @@ class MixerBlock(nn.Module):
         x = x + y * _keep_mask(x, self.drop_p, train, self)
         y = nn.LayerNorm()(x)
         y = MlpBlock(self.channels_mlp_dim, self.approximate_gelu, name="channel_mixing")(y)
-        return x + y * _keep_mask(x, self.drop_p, train, self)
+        return nn.with_logical_constraint(x + y * _keep_mask(x, self.drop_p, train, self), _ACT_AXES)
 
 
 class MlpMixer(nn.Module):
@@ -116,11 +125,15 @@ class MlpMixer(nn.Module):
     head_bias_init: float = 0.0
     approximate_gelu: bool = True  # tanh GELU as big_vision; False for the exact GELU of timm's weights
 
+    def logical_axes(self, params: Params) -> dict[str, tuple[str | None, ...]]:
+        """Logical axis names of ``params``, for the trainer's "logical" sharding strategy."""
+        return logical_axes(params)
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.stoch_depth < 1.0:
-            raise ValueError(f"stoch_depth must be in [0, 1), got {self.stoch_depth}.")
+            raise ConfigError(f"stoch_depth must be in [0, 1), got {self.stoch_depth}.")
         if self.num_blocks < 1:
-            raise ValueError(f"num_blocks must be at least 1, got {self.num_blocks}.")
+            raise ConfigError(f"num_blocks must be at least 1, got {self.num_blocks}.")
         super().__post_init__()
 
     @nn.compact
@@ -151,10 +164,44 @@ class MlpMixer(nn.Module):
         return x, out
 
 
+# Logical axis names of each parameter, for sharding (config.sharding_strategy "logical" + config.sharding_rules).
+# The vocabulary is ViT's: "embed" is the width of the tokens, "mlp" the hidden units of either MLP, so
+# ViT's Megatron rules [("mlp", "model")] split the token- and channel-mixing MLPs alike. "tokens" (the
+# number of patches, which the token-mixing MLP mixes) has no ViT counterpart; no rule names it by default.
+_LOGICAL_AXES: list[tuple[str, tuple[str | None, ...]]] = [
+    (r".*token_mixing/Dense_0/kernel", ("tokens", "mlp")),
+    (r".*token_mixing/Dense_1/kernel", ("mlp", "tokens")),
+    (r".*token_mixing/Dense_1/bias", ("tokens",)),
+    (r".*channel_mixing/Dense_0/kernel", ("embed", "mlp")),
+    (r".*channel_mixing/Dense_1/kernel", ("mlp", "embed")),
+    (r".*_mixing/Dense_0/bias", ("mlp",)),
+    (r"stem/kernel", (None, None, None, "embed")),
+    (r"head/kernel", ("embed", "classes")),
+    (r"head/bias", ("classes",)),
+    (r".*", ("embed",)),  # the stem's and channel MLPs' output biases, LayerNorm scales and biases: [hidden_dim]
+]
+
+
+def logical_axes(params: Params) -> dict[str, tuple[str | None, ...]]:
+    """``{param name: logical axis names}`` for Mixer params (one name per dimension)."""
+    out: dict[str, tuple[str | None, ...]] = {}
+    for name, leaf in flatten_with_names(params):
+        for pattern, names in _LOGICAL_AXES:
+            if re.fullmatch(pattern, name) and len(names) == len(leaf.shape):
+                out[name] = names
+                break
+    return out
+
+
 def create_model(num_classes: int | None = None, *, variant: str | None = None, **kw: Any) -> MlpMixer:
     """An ``MlpMixer`` from a variant name (``"B/16"``) and explicit fields, which win over the variant's."""
     fields = {**(decode_variant(variant) if variant else {}), **kw}
     if "patch_size" in fields:
         patch = fields["patch_size"]
         fields["patch_size"] = (int(patch), int(patch)) if isinstance(patch, int) else tuple(patch)
+    check_known("Mixer option (config.model key)", kw, _OPTIONS | {"variant"})
     return MlpMixer(num_classes=num_classes, **fields)
+
+
+# What config.model may set: the module's fields, and the variant that sets several of them.
+_OPTIONS = {f.name for f in dataclasses.fields(MlpMixer) if f.name not in ("parent", "name", "num_classes")}

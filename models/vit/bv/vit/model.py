@@ -10,6 +10,7 @@ blocks are stacked under ``Transformer/encoderblock`` with a leading depth axis;
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bv.core.config import ConfigError, check_known
 from bv.core.tree import flatten_with_names
 from bv.vit.patch_embed import PatchEmbedding
 
@@ -53,7 +55,7 @@ def decode_variant(variant: str) -> dict[str, Any]:
     """Turns ``"B"`` or ``"B/16"`` into ``width``, ``depth``, ``mlp_dim``, ``num_heads`` (and ``patch_size``)."""
     name, sep, patch = variant.partition("/")
     if name not in VARIANTS:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown ViT variant {variant!r}: the size must be one of {', '.join(VARIANTS)}, "
             "optionally followed by '/<patch size>' as in 'B/16'."
         )
@@ -61,7 +63,7 @@ def decode_variant(variant: str) -> dict[str, Any]:
     config: dict[str, Any] = {"width": width, "depth": depth, "mlp_dim": mlp_dim, "num_heads": num_heads}
     if sep:
         if not patch.isdigit() or int(patch) <= 0:
-            raise ValueError(
+            raise ConfigError(
                 f"Bad patch size in ViT variant {variant!r}: expected a positive integer after '/', as in 'B/16'."
             )
         config["patch_size"] = (int(patch), int(patch))
@@ -74,7 +76,7 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.0, 
     Computed with numpy: it is a constant, so under ``jit`` it costs nothing at run time.
     """
     if width % 4:
-        raise ValueError(f"posemb='sincos2d' needs a width divisible by 4, got width={width}.")
+        raise ConfigError(f"posemb='sincos2d' needs a width divisible by 4, got width={width}.")
     quarter = width // 4
     omega = 1.0 / temperature ** (np.arange(quarter) / max(quarter - 1, 1))
     rows, cols = np.mgrid[:h, :w]
@@ -145,7 +147,7 @@ def _remat_policy(name: str) -> Callable[..., Any]:
     policy = getattr(jax.checkpoint_policies, name, None) if not name.startswith("_") else None
     if policy is None:
         valid = sorted(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
-        raise ValueError(
+        raise ConfigError(
             f"Unknown remat_policy {name!r}: expected 'none' or a name from jax.checkpoint_policies "
             f"({', '.join(valid)})."
         )
@@ -255,11 +257,11 @@ class VisionTransformer(nn.Module):
 
     def _check_options(self) -> None:
         if self.posemb not in POSEMB_TYPES:
-            raise ValueError(f"Unknown posemb {self.posemb!r}: expected one of {', '.join(POSEMB_TYPES)}.")
+            raise ConfigError(f"Unknown posemb {self.posemb!r}: expected one of {', '.join(POSEMB_TYPES)}.")
         if self.pool_type not in POOL_TYPES:
-            raise ValueError(f"Unknown pool_type {self.pool_type!r}: expected one of {', '.join(POOL_TYPES)}.")
+            raise ConfigError(f"Unknown pool_type {self.pool_type!r}: expected one of {', '.join(POOL_TYPES)}.")
         if self.width % self.num_heads:
-            raise ValueError(f"width={self.width} must be divisible by num_heads={self.num_heads}.")
+            raise ConfigError(f"width={self.width} must be divisible by num_heads={self.num_heads}.")
         if self.scan and self.remat_policy != "none":
             _remat_policy(self.remat_policy)
 
@@ -373,7 +375,12 @@ def create_model(num_classes: int | None = None, *, variant: str | None = None, 
     fields = {**(decode_variant(variant) if variant else {}), **kw}
     if "patch_size" in fields:
         fields["patch_size"] = tuple(fields["patch_size"])
+    check_known("ViT option (config.model key)", kw, _OPTIONS | {"variant"})
     return VisionTransformer(num_classes=num_classes, **fields)
+
+
+# What config.model may set: the module's fields, and the variant that sets several of them.
+_OPTIONS = {f.name for f in dataclasses.fields(VisionTransformer) if f.name not in ("parent", "name", "num_classes")}
 
 
 def _bilinear_align_corners(x: np.ndarray, size: int, axis: int) -> np.ndarray:

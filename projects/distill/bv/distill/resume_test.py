@@ -37,9 +37,9 @@ OVERRIDES = [
     f"--config.evals.test.log_steps={TOTAL_STEPS}",
     f"--config.evals.teacher_distance.log_steps={TOTAL_STEPS}",
 ]
-# A crash between checkpoints, then one while the step-4 checkpoint's arrays are written:
-# both restarts must find the step-2 checkpoint.
-CRASHES = [("train.step_done@3", 2), ("checkpoint.arrays_written@4", 2)]
+# Saves are asynchronous: a crash while the step-4 checkpoint is written in the background must
+# find the step-2 one; a crash after every process wrote step 4 but before it was renamed, too.
+CRASHES = [("checkpoint.writing@4", 2), ("checkpoint.written@4", 2)]
 
 
 def _config_arg(teacher: Path) -> str:
