@@ -79,6 +79,12 @@ class SamTask(Task):
     def grads(self, params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics, Params]:
         return self.inner.grads(params, batch, rng)
 
+    def after_step(
+        self, old_params: Params, params: Params, batch: Batch, rng: jax.Array, info: StepInfo
+    ) -> tuple[Params, Metrics]:
+        # A wrapped task's non-gradient updates (UViM's moving-average codebook) still apply under SAM.
+        return self.inner.after_step(old_params, params, batch, rng, info)
+
     def predict_fns(self) -> dict[str, Callable[..., Any]]:
         return self.inner.predict_fns()
 

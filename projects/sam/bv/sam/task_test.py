@@ -237,3 +237,17 @@ def test_the_wrapped_task_keeps_its_contract() -> None:
     assert logits.shape == (2, 10)
     assert task.logical_axes(params) == task.inner.logical_axes(params)
     assert inner_config(config, "classification").sam.rho == 0.05
+
+
+def test_the_wrapped_task_s_after_step_still_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task that updates values outside the gradient (UViM's codebook) keeps doing so under SAM."""
+    seen = []
+
+    def after_step(self, old_params, params, batch, rng, info):  # type: ignore[no-untyped-def]
+        seen.append(info)
+        return jax.tree.map(jnp.zeros_like, params), {"after_step_ran": jnp.float32(1)}
+
+    monkeypatch.setattr(ClassificationTask, "after_step", after_step)
+    state, logged = _train(_config(dict(rho=0.05)), steps=1)
+    assert seen and logged[0]["after_step_ran"] == 1
+    assert all(not np.any(np.asarray(x)) for x in jax.tree.leaves(state["params"]))
