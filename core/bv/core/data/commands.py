@@ -20,6 +20,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+import socket
+
 import numpy as np
 
 from bv.core import cli
@@ -152,6 +154,28 @@ def list_prepared(data_dir: str | None = None) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------
 
 
+# Most TFDS sources (and TFDS's own prepared copies) are on Google Cloud Storage: a machine with internet reaches it.
+PROBE_HOST = ("storage.googleapis.com", 443)
+PROBE_TIMEOUT_S = 5.0
+
+
+def check_internet(timeout: float = PROBE_TIMEOUT_S) -> None:
+    """Fails in seconds on a machine without internet, where TFDS would retry each download for minutes.
+
+    Skipped behind a proxy (``HTTPS_PROXY``), where a direct connection says nothing.
+    """
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    try:
+        socket.create_connection(PROBE_HOST, timeout=timeout).close()
+    except OSError as e:
+        raise DataError(
+            f"bv data download needs internet access, and this machine could not reach {PROBE_HOST[0]} "
+            f"({type(e).__name__}: {e}). Prepare the data set on a machine with internet and copy its folder into "
+            "the data dir, or use bv data import with your own images."
+        ) from None
+
+
 def download(names: Sequence[str], data_dir: str | None = None, manual_dir: str | None = None) -> list[Any]:
     """``download_and_prepare`` of each named TFDS data set (embedded ones are built from their package)."""
     from bv.core.extras import require_train
@@ -163,6 +187,7 @@ def download(names: Sequence[str], data_dir: str | None = None, manual_dir: str 
     from bv.core.data import input_pipeline
 
     builders = []
+    checked = False
     for name in names:
         if name in registry.datasets:
             builders.append(input_pipeline.get_builder(name, data_dir))  # built on first use, no download
@@ -176,6 +201,9 @@ def download(names: Sequence[str], data_dir: str | None = None, manual_dir: str 
                 f"{' '.join(instructions.split())} Put them in {manual} (or pass --manual-dir) and run "
                 f"bv data download {name} again."
             )
+        if not checked:
+            check_internet()
+            checked = True
         try:
             builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual))
         except Exception as e:  # noqa: BLE001 - whatever the network or the source did, say it in one line

@@ -59,3 +59,23 @@ def test_import_errors_say_what_was_expected(tmp_path: Path) -> None:
 
 def test_list_of_an_empty_or_missing_data_dir(tmp_path: Path) -> None:
     assert commands.list_prepared(str(tmp_path / "none")) == []
+
+
+def test_download_without_internet_fails_at_once_with_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    probed = []
+
+    def unreachable(address: tuple[str, int], timeout: float) -> None:
+        probed.append((address, timeout))
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(commands.socket, "create_connection", unreachable)
+    with pytest.raises(commands.DataError) as e:
+        commands.download(["cifar10"])
+    assert probed == [(commands.PROBE_HOST, commands.PROBE_TIMEOUT_S)]
+    assert "needs internet access" in str(e.value) and "bv data import" in str(e.value)
+    # Behind a proxy a direct connection proves nothing: no probe.
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    commands.check_internet()
+    assert len(probed) == 1
