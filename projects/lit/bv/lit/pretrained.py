@@ -246,6 +246,10 @@ class TwoTowerModel(PretrainedModel, tags=["lit", "siglip", "image-text", "zero-
         Models exported by ``bv-export`` from a run with a zero-shot or retrieval eval carry it; for
         others, tokenize with the pp op the tower expects (``tokenize(max_len=..., tokenizer=...)``).
         """
+        from bv.core.extras import require_train
+
+        # The tokenize pp op runs in TensorFlow: without the train extra, say which extra to install.
+        require_train("LiT's tokenize (it runs the model's text pp string)")
         import tensorflow as tf
 
         import bv.pp

@@ -141,3 +141,12 @@ def test_wrong_checkpoints_give_clear_errors(model, tmp_path) -> None:
     model.save_pretrained(folder)
     with pytest.raises(ConfigFormatError, match=r"Unknown model 'nope'.*Known model names"):
         TwoTowerModel.from_pretrained(str(folder), image_model="nope")
+
+
+def test_tokenize_without_the_train_extra_names_it(model, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bv.core import extras
+
+    monkeypatch.setattr(extras, "_installed", lambda module: module != "tensorflow")
+    with pytest.raises(extras.MissingExtraError) as e:
+        model.tokenize(["the digit seven"])
+    assert "LiT's tokenize" in str(e.value) and '"bv-core[train]"' in str(e.value)
