@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import Any, Sequence
 
 _DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 
@@ -136,6 +136,35 @@ def state_shapes(args: argparse.Namespace) -> Any:
     params = jax.eval_shape(task.init, jax.random.PRNGKey(0), batch_spec)
     tx, _ = make_optimizer(config, params, total_steps=1000)
     return {"params": params, "opt": jax.eval_shape(tx.init, params)}
+
+
+def per_device_memory(
+    variant: str = "B/16", device_counts: Sequence[int] = (1, 2, 4, 8), scan: bool = False, min_size_mb: float = 4.0
+) -> dict[str, Any]:
+    """The largest device's bytes of params + Adam state for each device count, replicated and FSDP.
+
+    Needs at least ``max(device_counts)`` devices (simulated CPU devices: ``simulate_cpu_devices``
+    before jax starts). For the suite (``benchmarks/all.py``).
+    """
+    import jax
+
+    from bv.core.sharding import bytes_per_device, make_mesh, param_shardings
+
+    args = argparse.Namespace(
+        variant=variant, res=224, classes=1000, scan=scan, devices=max(device_counts), mu_dtype="float32"
+    )
+    state = state_shapes(args)
+    total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    fsdp = f"fsdp(axis='data', min_size_mb={min_size_mb:g})"
+    rows = []
+    for count in device_counts:
+        mesh = make_mesh([("data", count)], devices=jax.devices("cpu")[:count])
+        row: dict[str, Any] = {"devices": count}
+        for label, strategy in (("replicate", [(".*", "replicate")]), ("fsdp", [(".*", fsdp)])):
+            per_device = bytes_per_device(state, param_shardings(state, mesh, strategy))
+            row[f"{label}_max_bytes"] = max(per_device.values())
+        rows.append(row)
+    return {"variant": variant, "scan": scan, "strategy": fsdp, "state_bytes": total, "rows": rows}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,34 +21,20 @@ from typing import Any
 import numpy as np
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variant", default="B/16")
-    parser.add_argument("--resolution", type=int, default=224)
-    parser.add_argument("--num-classes", type=int, default=1000)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
-
+def measure(variant: str = "B/16", resolution: int = 224, num_classes: int = 1000, repeats: int = 5) -> dict[str, Any]:
+    """Seconds to load one ViT from a local folder with bv and with timm (median, min, max), and the logits check."""
     import jax
     import timm
     import torch
 
     from bv.vit import ViT
+    from bvbench.stats import Spread
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     model = ViT.create(
-        variant=args.variant,
-        num_classes=args.num_classes,
-        resolution=args.resolution,
+        variant=variant,
+        num_classes=num_classes,
+        resolution=resolution,
         pool_type="tok",
         head_zeroinit=False,  # a random head, so that the logits check below means something
         seed=0,
@@ -72,26 +57,59 @@ def main() -> None:
         def timm_load() -> Any:
             return timm.create_model(f"local-dir:{timm_dir}", pretrained=True).eval()
 
-        bv_s, bv_model = _median_seconds(bv_load, args.repeats)
-        timm_s, timm_model = _median_seconds(timm_load, args.repeats)
+        bv_times, timm_times = [], []
+        bv_model = timm_model = None
+        for _ in range(repeats):  # alternated, so that a change of machine load hits both alike
+            bv_s, bv_model = _seconds(bv_load)
+            timm_s, timm_model = _seconds(timm_load)
+            bv_times.append(bv_s)
+            timm_times.append(timm_s)
 
-        images = np.random.RandomState(0).uniform(-1, 1, (2, args.resolution, args.resolution, 3)).astype(np.float32)
+        images = np.random.RandomState(0).uniform(-1, 1, (2, resolution, resolution, 3)).astype(np.float32)
         start = time.perf_counter()
         logits = np.asarray(bv_model(images))
         first_call_s = time.perf_counter() - start
         with torch.no_grad():
             reference = timm_model(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
-        max_diff = float(np.abs(logits - reference).max())
+    return {
+        "variant": variant,
+        "resolution": resolution,
+        "size_mb": size_mb,
+        "bv_s": Spread.of(bv_times).to_dict(),
+        "timm_s": Spread.of(timm_times).to_dict(),
+        "bv_over_timm": Spread.of([b / t for b, t in zip(bv_times, timm_times)]).to_dict(),
+        "bv_first_call_s": first_call_s,
+        "max_logits_diff": float(np.abs(logits - reference).max()),
+        "device": f"{jax.devices()[0].device_kind} ({jax.default_backend()})",
+        "torch_threads": torch.get_num_threads(),
+    }
 
+
+def _seconds(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variant", default="B/16")
+    parser.add_argument("--resolution", type=int, default=224)
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    r = measure(args.variant, args.resolution, args.num_classes, args.repeats)
     print(
-        f"ViT-{args.variant} at {args.resolution} px, {args.num_classes} classes: {size_mb:.0f} MiB of float32 weights"
+        f"ViT-{args.variant} at {args.resolution} px, {args.num_classes} classes: {r['size_mb']:.0f} MiB of float32 weights"
     )
-    print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), torch threads: {torch.get_num_threads()}")
-    print(f"bv   ViT.from_pretrained(folder):              {bv_s:7.3f} s (median of {args.repeats})")
-    print(f"timm create_model('local-dir:...', pretrained): {timm_s:7.3f} s (median of {args.repeats})")
-    print(f"ratio bv / timm: {bv_s / timm_s:.2f}")
+    print(f"device: {r['device']}, torch threads: {r['torch_threads']}")
+    bv_s, timm_s = r["bv_s"], r["timm_s"]
+    print(f"bv   ViT.from_pretrained(folder):              {bv_s['median']:7.3f} s (median of {args.repeats})")
+    print(f"timm create_model('local-dir:...', pretrained): {timm_s['median']:7.3f} s (median of {args.repeats})")
+    print(f"ratio bv / timm: {r['bv_over_timm']['median']:.2f}")
     print(
-        f"bv first forward (jit compile + run, batch 2): {first_call_s:.2f} s; max |logits bv - timm| = {max_diff:.2e}"
+        f"bv first forward (jit compile + run, batch 2): {r['bv_first_call_s']:.2f} s; "
+        f"max |logits bv - timm| = {r['max_logits_diff']:.2e}"
     )
 
 

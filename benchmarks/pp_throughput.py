@@ -1,4 +1,4 @@
-"""Input-pipeline throughput of the ImageNet training pp, with and without RandAugment, per CPU core.
+"""Input-pipeline throughput of the ImageNet pp (training, with and without RandAugment; eval), per CPU core.
 
     python benchmarks/pp_throughput.py [--workers 2] [--images 1000] [--rounds 5] [--examples 256]
     (from the repo root with PYTHONPATH=core:preprocessing)
@@ -8,6 +8,7 @@ ImageNet-like size, 300..427 x 330..640, re-encoded with ``tf.io.encode_jpeg`` a
 
     base:    decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1,1)
     randaug: decode_jpeg_and_inception_crop(224)|flip_lr|randaug(2,10)|value_range(-1,1)
+    eval:    decode|resize_small(256)|central_crop(224)|value_range(-1,1)
 
 Each runs as a parallel ``tf.data`` map with ``--workers`` threads (private thread pool, one
 intra-op thread); the two pipelines alternate in ``--rounds`` rounds after an untimed warm-up.
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from typing import Any, Iterator
 
@@ -41,6 +41,7 @@ from bv.pp.builder import get_preprocess_fn
 PIPELINES = {
     "base": "decode_jpeg_and_inception_crop(224)|flip_lr|value_range(-1, 1)",
     "randaug": "decode_jpeg_and_inception_crop(224)|flip_lr|randaug(2, 10)|value_range(-1, 1)",
+    "eval": "decode|resize_small(256)|central_crop(224)|value_range(-1, 1)",
 }
 
 
@@ -87,6 +88,42 @@ def throughput(it: Iterator[Any], images: int) -> tuple[float, float]:
     return images / (time.perf_counter() - wall), images / (time.process_time() - cpu)
 
 
+def measure(
+    workers: int | None = None,
+    images: int = 2000,
+    examples: int = 256,
+    rounds: int = 5,
+    warmup: int = 50,
+    pipelines: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Images per CPU-second and per wall-clock second of each pipeline, alternated in ``rounds`` rounds."""
+    workers = workers or len(os.sched_getaffinity(0))
+    pipelines = pipelines or PIPELINES
+    jpegs = make_jpegs(examples)
+    iterators = {name: make_iterator(pp, jpegs, workers) for name, pp in pipelines.items()}
+    for it in iterators.values():
+        throughput(it, warmup)  # tracing and warm-up
+    # Alternate the pipelines in short rounds so that a change in machine load hits both alike.
+    wall: dict[str, list[float]] = {name: [] for name in pipelines}
+    cpu: dict[str, list[float]] = {name: [] for name in pipelines}
+    for _ in range(rounds):
+        for name, it in iterators.items():
+            w, c = throughput(it, max(images // rounds, 1))
+            wall[name].append(w)
+            cpu[name].append(c)
+    from bvbench.stats import Spread
+
+    return {
+        "workers": workers,
+        "jpegs": len(jpegs),
+        "mean_kib": float(np.mean([len(j) for j in jpegs]) / 1024),
+        "pipelines": {
+            name: {"pp": pp, "per_cpu_s": Spread.of(cpu[name]).to_dict(), "wall": Spread.of(wall[name]).to_dict()}
+            for name, pp in pipelines.items()
+        },
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="map threads (cores)")
@@ -96,24 +133,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=50)
     args = parser.parse_args()
 
-    jpegs = make_jpegs(args.examples)
-    print(f"{len(jpegs)} JPEGs, mean {np.mean([len(j) for j in jpegs]) / 1024:.0f} KiB; {args.workers} worker(s)")
-    iterators = {name: make_iterator(pp, jpegs, args.workers) for name, pp in PIPELINES.items()}
-    for it in iterators.values():
-        throughput(it, args.warmup)  # tracing and warm-up
-    # Alternate the pipelines in short rounds so that a change in machine load hits both alike.
-    wall: dict[str, list[float]] = {name: [] for name in PIPELINES}
-    cpu: dict[str, list[float]] = {name: [] for name in PIPELINES}
-    for _ in range(args.rounds):
-        for name, it in iterators.items():
-            w, c = throughput(it, max(args.images // args.rounds, 1))
-            wall[name].append(w)
-            cpu[name].append(c)
-    per_core = {name: statistics.median(c) for name, c in cpu.items()}
-    for name, pp in PIPELINES.items():
+    r = measure(args.workers, args.images, args.examples, args.rounds, args.warmup)
+    print(f"{r['jpegs']} JPEGs, mean {r['mean_kib']:.0f} KiB; {args.workers} worker(s)")
+    per_core = {name: p["per_cpu_s"]["median"] for name, p in r["pipelines"].items()}
+    for name, p in r["pipelines"].items():
         print(
             f"{name:8s} {per_core[name]:7.1f} img per CPU-second (per core); "
-            f"wall clock {statistics.median(wall[name]):7.1f} img/s with {args.workers} worker(s)   {pp}"
+            f"wall clock {p['wall']['median']:7.1f} img/s with {args.workers} worker(s)   {p['pp']}"
         )
     ratio = per_core["randaug"] / per_core["base"]
     print(f"randaug / base throughput per core: {ratio:.2f}; randaug costs {1 / ratio:.2f}x the CPU time per image")

@@ -1,0 +1,1 @@
+"""bv's benchmark suite: ``./pants run benchmarks:all -- [--quick]`` (see ``benchmarks/all.py``)."""
