@@ -274,3 +274,19 @@ def test_the_hub_token_never_reaches_logs_or_files(
     for folder in (tmp_path / "out", root / "run", repos):
         for name, data in _snapshot(folder).items():
             assert secret.encode() not in data, f"the token is in {folder / name}"
+
+
+def test_export_of_a_run_without_an_exportable_model_says_why(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import bv.uvim  # noqa: F401  (registers uvim_vtt, whose Hub class only loads a stage I into training)
+
+    cases = {
+        "stage1": ({"task": "uvim_vqvae"}, "(task 'uvim_vqvae') names no config.model_name"),
+        "stage2": ({"task": "uvim", "model_name": "uvim_vtt"}, "'uvim_vtt' cannot be exported as a Hub folder"),
+    }
+    for name, (config, message) in cases.items():
+        workdir = tmp_path / name
+        workdir.mkdir()
+        (workdir / "config.json").write_text(json.dumps(config))
+        err = _export_fails([str(workdir), str(tmp_path / f"{name}_out")], capsys)
+        assert message in err and "vit" in err, err
+        assert not (tmp_path / f"{name}_out").exists()

@@ -113,6 +113,28 @@ def _labels(config: ml_collections.ConfigDict) -> list[str] | None:
         return None
 
 
+def _exportable_hub_class(workdir: str, config: ml_collections.ConfigDict) -> Any:
+    """The Hub class that writes the run's model, or an ExportError that says why there is none."""
+    name = config.get("model_name")
+    exportable = ", ".join(n for n in registry.hub_model_names() if hasattr(registry.hub_class(n), "config_from_run"))
+    if not name:
+        raise ExportError(
+            f"The run in {workdir} (task {config.get('task', 'classification')!r}) names no config.model_name, so "
+            f"bv export has no Hub model to write; it exports runs of these models: {exportable}. A project whose "
+            "task trains another kind of model exports it itself (see the project's README)."
+        )
+    try:
+        hub_cls = registry.hub_class(name)
+    except registry.UnknownNameError as e:
+        raise ExportError(f"The run's model {name!r} is not installed: {e}") from None
+    if hub_cls is None or not hasattr(hub_cls, "config_from_run"):
+        raise ExportError(
+            f"The run's model {name!r} cannot be exported as a Hub folder (its Hub support only loads weights "
+            f"into training, through config.model_init); bv export writes these models: {exportable}."
+        )
+    return hub_cls
+
+
 def build_model(
     workdir: str, *, checkpoint_path: str | None = None, ema: bool = False
 ) -> tuple[Any, list[Metric], list[str]]:
@@ -121,18 +143,11 @@ def build_model(
     ``ema`` takes the EMA of the params (``config.ema``) instead of the params.
     """
     config = _read_run_config(workdir)
+    hub_cls = _exportable_hub_class(workdir, config)
+    name = config.get("model_name")
     ckpt = checkpoint_path or checkpoint.latest(workdir)
     if ckpt is None:
         raise ExportError(f"{workdir} has no complete checkpoint to export.")
-    name = config.get("model_name")
-    try:
-        hub_cls = registry.hub_class(name or "")
-    except registry.UnknownNameError as e:
-        raise ExportError(f"The run's model {name!r} is not installed: {e}") from None
-    if hub_cls is None:
-        raise ExportError(
-            f"The run's model {name!r} has no Hub class; models with one: {', '.join(registry.hub_model_names())}."
-        )
     evals = [dict(e) for e in config.get("evals", {}).values() if e.get("type") == "classification"]
     pp_source = evals[0].get("pp_fn", "") if evals else config.input.get("pp", "")
     pp, resolution, channels = inference_pp(pp_source)
