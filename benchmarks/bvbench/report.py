@@ -372,6 +372,12 @@ def _io(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+# The suite on a GPU machine (the Pants lock holds JAX for CPU only, so this runs from a Python environment).
+GPU_COMMAND = (
+    "PYTHONPATH=benchmarks:core:preprocessing:evaluators:models/vit:models/mixer:models/bit python benchmarks/all.py"
+)
+
+
 def _gpu(results: Mapping[str, Any], machine: Mapping[str, Any], probe: Mapping[str, Any]) -> list[str]:
     lines = ["## 6. GPU", ""]
     entry = results.get("gpu")
@@ -379,10 +385,18 @@ def _gpu(results: Mapping[str, Any], machine: Mapping[str, Any], probe: Mapping[
         seen = ", ".join(machine["gpus"]) or "no NVIDIA GPU (nvidia-smi found none)"
         lines += [
             f"**No GPU was available for this run** (JAX backend: {probe.get('backend', 'unknown')}; {seen}), so this",
-            "section is empty. On a machine with a GPU the same command adds it: ViT-B/16 with bf16 matmuls,",
+            "section is empty. On a machine with a GPU the same suite adds it: ViT-B/16 with bf16 matmuls,",
             "training and inference img/s for bv and timm on that GPU, MFU against the device's peak, and",
-            "timm's published figure for the same model on that device where one exists. timm publishes",
-            "ViT-B/16 (`vit_base_patch16_224`) figures for these devices (none for H100/H200 or A100):",
+            "timm's published figure for the same model on that device where one exists. To run it there, in a",
+            "Python 3.11 environment with the project's requirements (`3rdparty/python/requirements.txt` and",
+            "`dev-requirements.txt`; torch 2.14.1 is a CUDA build) and JAX's CUDA plugin",
+            "(`pip install 'jax[cuda12]==0.10.2'`), from the repository root, one command:",
+            "",
+            "```",
+            GPU_COMMAND,
+            "```",
+            "",
+            "timm publishes ViT-B/16 (`vit_base_patch16_224`) figures for these devices (none for H100/H200 or A100):",
             "",
         ]
         rows = [

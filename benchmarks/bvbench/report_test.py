@@ -149,6 +149,7 @@ def test_results_md_reports_the_gap_the_ratios_the_failures_and_the_missing_gpu(
     assert "`decode\\|flip_lr`" in text  # a pp string's | does not split the table cell
     assert "*checkpoint: this section failed (exit code 1: OSError: disk full).*" in text
     assert "**No GPU was available for this run** (JAX backend: cpu" in text
+    assert f"```\n{report.GPU_COMMAND}\n```" in text  # the one command that fills the GPU section
 
 
 def test_a_trainer_gap_over_five_percent_is_flagged():
