@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"bv benchmarks on {info['cpu']} ({info['cores']} cores), JAX backend {where.get('backend')}"
         f"{' (' + where.get('device_kind', '') + ')' if gpu else ''}; {len(plan)} sections"
-        f"{', quick' if args.quick else ''}; load average {os.getloadavg()[0]:.1f}",
+        f"{', quick' if args.quick else ''}; load average {os.getloadavg()[0]:.1f}; "
+        f"writing to {os.path.abspath(out_dir)}",
         flush=True,
     )
     results: dict[str, Any] = {}
