@@ -128,6 +128,26 @@ def main(argv: list[str] | None = None) -> int:
         f"writing to {os.path.abspath(out_dir)}",
         flush=True,
     )
+    command = (
+        "./pants run benchmarks:all --"
+        + (" --quick" if args.quick else "")
+        + (f" --only {args.only}" if args.only else "")
+    )
+
+    def write() -> dict[str, Any]:
+        """Writes the report of the sections run so far (after each one: a stopped run still leaves one)."""
+        load = meter.read()
+        text = report.markdown(info, load, results, quick=args.quick, command=command, probe=where)
+        with open(os.path.join(out_dir, "RESULTS.md"), "w") as f:
+            f.write(text)
+        with open(os.path.join(out_dir, "results.csv"), "w") as f:
+            f.write(report.csv_text(info, results))
+        with open(os.path.join(out_dir, "results.json"), "w") as f:
+            json.dump(
+                {"machine": info, "load": load, "probe": where, "quick": args.quick, "results": results}, f, indent=1
+            )
+        return load
+
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bv-bench-logs-") as log_dir:
         for i, job in enumerate(plan, 1):
@@ -135,20 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             results[job.name] = entry = run_job(job, log_dir)
             status = "ok" if "result" in entry else f"FAILED ({entry['error']})"
             print(f"{entry['seconds']:.0f} s, load {entry['load'][1]:.1f}: {status}", flush=True)
-
-    load = meter.read()
-    command = (
-        "./pants run benchmarks:all --"
-        + (" --quick" if args.quick else "")
-        + (f" --only {args.only}" if args.only else "")
-    )
-    text = report.markdown(info, load, results, quick=args.quick, command=command, probe=where)
-    with open(os.path.join(out_dir, "RESULTS.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(out_dir, "results.csv"), "w") as f:
-        f.write(report.csv_text(info, results))
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        json.dump({"machine": info, "load": load, "probe": where, "quick": args.quick, "results": results}, f, indent=1)
+            write()
+    load = write()
     failed = [name for name, e in results.items() if "result" not in e]
     print(
         f"Wrote {out_dir}/RESULTS.md, results.csv, results.json in {load['wall_s'] / 60:.1f} min"

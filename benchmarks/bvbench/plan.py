@@ -31,7 +31,7 @@ def jobs(quick: bool, gpu: bool) -> list[Job]:
         Job(
             "trainer_overhead",
             "trainer_overhead",
-            dict(steps=5 if quick else 20, rounds=12 if quick else 15, pipeline=True),
+            dict(steps=5 if quick else 20, rounds=10 if quick else 15, pipeline=True),
             "trainer step vs bare jitted step",
         )
     ]
