@@ -38,6 +38,7 @@ TRAIN_ONLY = ["tensorflow-cpu", "tensorflow-datasets", "scikit-learn", "mlxtend"
 DIST_OF_MODULE = {
     "tensorflow": "tensorflow-cpu",
     "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
     "orbax": "orbax-checkpoint",
     "absl": "absl-py",
     "PIL": "pillow",
