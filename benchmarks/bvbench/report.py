@@ -314,61 +314,64 @@ def _scaling(results: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _load_pretrained(r: Mapping[str, Any]) -> list[str]:
+    return [
+        f"`ViT.from_pretrained(folder)` against timm's `create_model('local-dir:...', pretrained=True)`, ViT-{r['variant']}",
+        f"({r['size_mb']:.0f} MiB of fp32 weights, same weights, page cache warm); the logits agree to {r['max_logits_diff']:.1e}.",
+        "",
+    ] + _table(
+        ("bv s", "timm s", "bv / timm time"),
+        [(spread(r["bv_s"], 3), spread(r["timm_s"], 3), spread(r["bv_over_timm"], 2))],
+    )
+
+
+def _checkpoint(r: Mapping[str, Any]) -> list[str]:
+    return [
+        f"Training checkpoints (Orbax), ViT-{r['variant']} + Adam ({_gb(r['state_bytes'])}), FSDP over {r['devices']} simulated",
+        "devices, zstd off (`benchmarks/checkpoint_io.py` has the async-vs-sync step times and memory):",
+        "",
+    ] + _table(
+        ("sync save GB/s", "async save blocks (s)", "restore GB/s"),
+        [(spread(r["save_gb_s"], 2), spread(r["async_blocks_s"], 2), spread(r["restore_gb_s"], 2))],
+    )
+
+
+def _pp(r: Mapping[str, Any]) -> list[str]:
+    rows = [(f"`{p['pp']}`", spread(p["per_cpu_s"], 0), spread(p["wall"], 0)) for p in r["pipelines"].values()]
+    return [
+        f"Input pipeline, ImageNet pp strings on {r['jpegs']} real JPEGs (mean {r['mean_kib']:.0f} KiB), {r['workers']} tf.data",
+        "workers; per CPU-second is the rate per fully available core, which holds on a shared machine:",
+        "",
+    ] + _table(("pp", "img per CPU-second", "img/s (wall)"), rows)
+
+
+def _evaluation(r: Mapping[str, Any]) -> list[str]:
+    return [
+        f"Evaluation: the classification evaluator over {r['data']} ({r['examples']} images, batch {r['batch_size']}, the",
+        "MNIST config's eval pp), everything included, against the bare jitted forward pass on device batches:",
+        "",
+    ] + _table(
+        ("evaluator img/s", "bare forward img/s"), [(spread(r["evaluator_img_s"], 0), spread(r["bare_img_s"], 0))]
+    )
+
+
+# Section 5's parts: (job name, what draws its result).
+_IO_PARTS = (
+    ("load_pretrained", _load_pretrained),
+    ("checkpoint", _checkpoint),
+    ("pp", _pp),
+    ("evaluation", _evaluation),
+)
+
+
 def _io(results: Mapping[str, Any]) -> list[str]:
     lines = ["## 5. Loading, checkpoints, input pipeline, evaluation", ""]
-    entry = results.get("load_pretrained")
-    if entry and "result" in entry:
-        r = entry["result"]
-        lines += [
-            f"`ViT.from_pretrained(folder)` against timm's `create_model('local-dir:...', pretrained=True)`, ViT-{r['variant']}",
-            f"({r['size_mb']:.0f} MiB of fp32 weights, same weights, page cache warm); the logits agree to {r['max_logits_diff']:.1e}.",
-            "",
-        ]
-        lines += _table(
-            ("bv s", "timm s", "bv / timm time"),
-            [(spread(r["bv_s"], 3), spread(r["timm_s"], 3), spread(r["bv_over_timm"], 2))],
-        )
-    elif entry:
-        lines += _failed("load_pretrained", entry)
-    entry = results.get("checkpoint")
-    if entry and "result" in entry:
-        r = entry["result"]
-        lines += [
-            f"Training checkpoints (Orbax), ViT-{r['variant']} + Adam ({_gb(r['state_bytes'])}), FSDP over {r['devices']} simulated",
-            "devices, zstd off (`benchmarks/checkpoint_io.py` has the async-vs-sync step times and memory):",
-            "",
-        ]
-        lines += _table(
-            ("sync save GB/s", "async save blocks (s)", "restore GB/s"),
-            [(spread(r["save_gb_s"], 2), spread(r["async_blocks_s"], 2), spread(r["restore_gb_s"], 2))],
-        )
-    elif entry:
-        lines += _failed("checkpoint", entry)
-    entry = results.get("pp")
-    if entry and "result" in entry:
-        r = entry["result"]
-        lines += [
-            f"Input pipeline, ImageNet pp strings on {r['jpegs']} real JPEGs (mean {r['mean_kib']:.0f} KiB), {r['workers']} tf.data",
-            "workers; per CPU-second is the rate per fully available core, which holds on a shared machine:",
-            "",
-        ]
-        rows = [(f"`{p['pp']}`", spread(p["per_cpu_s"], 0), spread(p["wall"], 0)) for p in r["pipelines"].values()]
-        lines += _table(("pp", "img per CPU-second", "img/s (wall)"), rows)
-    elif entry:
-        lines += _failed("pp", entry)
-    entry = results.get("evaluation")
-    if entry and "result" in entry:
-        r = entry["result"]
-        lines += [
-            f"Evaluation: the classification evaluator over {r['data']} ({r['examples']} images, batch {r['batch_size']}, the",
-            "MNIST config's eval pp), everything included, against the bare jitted forward pass on device batches:",
-            "",
-        ]
-        lines += _table(
-            ("evaluator img/s", "bare forward img/s"), [(spread(r["evaluator_img_s"], 0), spread(r["bare_img_s"], 0))]
-        )
-    elif entry:
-        lines += _failed("evaluation", entry)
+    for name, draw in _IO_PARTS:
+        entry = results.get(name)
+        if entry and "result" in entry:
+            lines += draw(entry["result"])
+        elif entry:
+            lines += _failed(name, entry)
     return lines
 
 
