@@ -128,7 +128,8 @@ def main() -> None:
                 run["times"].append(one_step(run, step))
 
         # The teacher's forward pass alone, on the same batch (the distill task's own function, jitted).
-        teacher_probs = jax.jit(runs["distill"]["task"].teacher_probs)
+        distill_task = runs["distill"]["task"]
+        teacher_probs = distill_task.frozen().jit(distill_task.teacher_probs)
         jax.block_until_ready(teacher_probs(batch["image"]))
         forward = []
         for _ in range(args.steps):

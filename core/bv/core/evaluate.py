@@ -102,6 +102,7 @@ def evaluate(
         batch_size=int(config.input.batch_size),
         data_dir=data_dir,
         workdir=out,
+        frozen=task.frozen(),
     )
     results: dict[str, float] = {}
     with sharding.activation_rules(config.get("sharding_rules"), mesh):

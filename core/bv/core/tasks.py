@@ -23,6 +23,7 @@ import ml_collections
 
 from bv.core import losses, registry
 from bv.core.accumulate import accumulate_grads
+from bv.core.frozen import FrozenArrays
 
 Params = Any
 Batch = Mapping[str, jax.Array]
@@ -51,7 +52,7 @@ class Task(abc.ABC):
     """Base class of tasks; subclasses implement ``init``, ``loss`` and ``predict_fns``.
 
     The trainer calls nothing else, so these three (and the optional ``grads``,
-    ``step_grads``, ``after_step`` and ``logical_axes`` hooks) are the whole contract between a project
+    ``step_grads``, ``after_step``, ``logical_axes`` and ``frozen`` hooks) are the whole contract between a project
     and the loop.
     """
 
@@ -103,6 +104,15 @@ class Task(abc.ABC):
 
     def logical_axes(self, params: Params) -> Mapping[str, tuple[str | None, ...]] | None:
         """Logical axis names per parameter name, for the "logical" sharding strategy (None: no annotations)."""
+        return None
+
+    def frozen(self) -> FrozenArrays | None:
+        """Arrays the task's functions read but never train (a distillation teacher's weights), or None.
+
+        The trainer passes them into the compiled step and the evaluators as an argument and
+        binds them while tracing: read them with ``.value``, never by closing over arrays
+        (see :mod:`bv.core.frozen`). They are not part of the train state or its checkpoints.
+        """
         return None
 
 

@@ -70,6 +70,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str | None) -> dict[str, 
         data_dir=data.data_dir,
         workdir=workdir,
         every=lambda cfg: plan.steps_of("log", cfg),
+        frozen=task.frozen(),
     )
     profiler = StepProfiler.from_config(config.get("profile"), workdir)
 

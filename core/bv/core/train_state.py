@@ -209,9 +209,12 @@ def jit_train_step(
     mixup = config.get("mixup")
     mixup = mixup.to_dict() if isinstance(mixup, ml_collections.ConfigDict) else (dict(mixup) if mixup else None)
     replicated = NamedSharding(mesh, PartitionSpec())
-    return jax.jit(
-        make_train_step(task, ts.tx, ts.schedule_fns, plan.grad_accum_steps, mixup, ts.ema, plan.total_steps),
+    step = make_train_step(task, ts.tx, ts.schedule_fns, plan.grad_accum_steps, mixup, ts.ema, plan.total_steps)
+    layout: dict[str, Any] = dict(
         in_shardings=(ts.shardings, sharding.batch_sharding(mesh), replicated),
         out_shardings=(ts.shardings, replicated),
         donate_argnums=(0,),
     )
+    frozen = task.frozen()
+    # A task's frozen arrays (a teacher) go in as an argument: closed over, they would be compiled in.
+    return frozen.jit(step, **layout) if frozen is not None else jax.jit(step, **layout)

@@ -15,6 +15,7 @@ import jax
 import ml_collections
 
 from bv.core import registry
+from bv.core.frozen import FrozenArrays, bind_evaluator, bind_predict_fns
 from bv.evaluators.common import Evaluator, EvaluatorConfigError
 
 
@@ -40,13 +41,18 @@ def build_evaluators(
     data_dir: str | None,
     workdir: str | None,
     every: Callable[[Mapping[str, Any]], int | None] = lambda cfg: None,
+    frozen: FrozenArrays | None = None,
 ) -> list[ScheduledEvaluator]:
     """One :class:`ScheduledEvaluator` per entry of ``config.evals``.
 
     ``batch_size`` and ``data_dir`` are defaults an entry may override;
-    ``every(entry)`` turns the entry's ``log_*`` duration into steps.
+    ``every(entry)`` turns the entry's ``log_*`` duration into steps. ``frozen`` is the
+    task's ``frozen()``: its arrays reach the predict functions as an argument of each
+    evaluator's compiled step (see :mod:`bv.core.frozen`); ``run(params)`` is unchanged.
     """
     import bv.evaluators  # noqa: F401  (registers the evaluators)
+
+    predict_fns = bind_predict_fns(predict_fns, frozen)
 
     built = []
     for name, cfg in (evals or {}).items():
@@ -71,5 +77,5 @@ def build_evaluators(
             evaluator = factory(predict_fns, mesh=mesh, **cfg)
         except TypeError as e:
             raise EvaluatorConfigError(f"config.evals.{name} (a {kind!r} evaluator): {e}") from None
-        built.append(ScheduledEvaluator(name, evaluator, steps))
+        built.append(ScheduledEvaluator(name, bind_evaluator(evaluator, frozen), steps))
     return built

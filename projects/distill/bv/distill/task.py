@@ -28,6 +28,7 @@ import ml_collections
 
 from bv.core import losses, registry
 from bv.core.config import ConfigError
+from bv.core.frozen import FrozenArrays
 from bv.core.tasks import Batch, ClassificationTask, Metrics, Params
 from bv.distill.teachers import Teacher, load_teacher
 
@@ -69,6 +70,7 @@ class DistillTask(ClassificationTask):
                 "The distill task needs config.teachers = {name: dict(init=<workdir, model folder, Hub repo>)}."
             )
         self.teachers: list[Teacher] = [load_teacher(name, dict(spec)) for name, spec in dict(specs).items()]
+        self._frozen = FrozenArrays({t.name: t.params for t in self.teachers})
         num_classes = config.get("num_classes")
         for teacher in self.teachers:
             if teacher.num_classes != num_classes:
@@ -89,7 +91,8 @@ class DistillTask(ClassificationTask):
 
     def teacher_probs(self, images: jax.Array) -> jax.Array:
         """The teachers' mean softmax (at the temperature) on ``images``."""
-        probs = [jax.nn.softmax(t.logits(images) / self.temperature, axis=-1) for t in self.teachers]
+        weights = self._frozen.value
+        probs = [jax.nn.softmax(t.logits(weights[t.name], images) / self.temperature, axis=-1) for t in self.teachers]
         return sum(probs[1:], probs[0]) / len(probs)
 
     def loss(self, params: Params, batch: Batch, rng: jax.Array) -> tuple[jax.Array, Metrics]:
@@ -108,11 +111,15 @@ class DistillTask(ClassificationTask):
             loss = (1 - self.label_weight) * loss + self.label_weight * label_loss
         return loss, metrics
 
+    def frozen(self) -> FrozenArrays:
+        """The teachers' params, by teacher name: passed into compiled functions, never trained or saved."""
+        return self._frozen
+
     def predict_fns(self) -> dict[str, Callable[..., Any]]:
         fns = super().predict_fns()
         for i, teacher in enumerate(self.teachers):
             # The student's params come in and are ignored: the teacher's are its own, frozen.
-            fn = (lambda t: lambda params, images: t.logits(images))(teacher)
+            fn = (lambda t: lambda params, images: t.logits(self._frozen.value[t.name], images))(teacher)
             fns[f"teacher_{teacher.name}"] = fn
             if i == 0:
                 fns["teacher"] = fn

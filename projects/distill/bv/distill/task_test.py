@@ -58,9 +58,9 @@ def test_teacher_and_student_see_the_same_pixels_and_the_teacher_stays_frozen(
         loaded.append(real_load(*args, **kw))
         return loaded[-1]
 
-    def logits(self, images):  # type: ignore[no-untyped-def]
+    def logits(self, params, images):  # type: ignore[no-untyped-def]
         jax.debug.callback(lambda x: seen["teacher"].append(np.asarray(x)), images)
-        return real_logits(self, images)
+        return real_logits(self, params, images)
 
     def loss(self, params, batch, rng):  # type: ignore[no-untyped-def]
         jax.debug.callback(lambda x: seen["student"].append(np.asarray(x)), batch["image"])

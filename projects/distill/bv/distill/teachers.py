@@ -3,9 +3,9 @@
 A teacher comes from anything bv loads a model from: a bv training workdir (its latest
 checkpoint), a bv model folder or Hub repo, or, with ``model_name``, whatever that model's
 Hub class reads (a timm folder, a big_vision ``.npz``). Its parameters are placed on every
-device once and closed over by the jitted step (JAX passes them to the computation as
-arguments, not as constants), so they are neither trained nor written into the student's
-checkpoints; a resumed run loads the teacher again.
+device once and reach the compiled step and evaluators as an argument (the task's
+``frozen()``; closed over, JAX would compile them in as constants), so they are neither
+trained nor written into the student's checkpoints; a resumed run loads the teacher again.
 """
 
 from __future__ import annotations
@@ -44,12 +44,16 @@ class Teacher:
     def num_classes(self) -> int | None:
         return self.model.config.num_classes
 
-    def logits(self, images: jax.Array) -> jax.Array:
-        """The teacher's logits of the student's batch: the same pixels, resized to the teacher's resolution."""
+    def logits(self, params: Any, images: jax.Array) -> jax.Array:
+        """The teacher's logits of the student's batch: the same pixels, resized to the teacher's resolution.
+
+        ``params`` are the teacher's (``self.params``, or the traced argument that carries them
+        into a compiled function: see ``DistillTask.frozen``).
+        """
         if images.shape[1:3] != (self.resolution, self.resolution):
             shape = (images.shape[0], self.resolution, self.resolution, images.shape[3])
             images = jax.image.resize(images, shape, method="bilinear", antialias=True)
-        logits, _ = self.model.module.apply({"params": self.params}, images, train=False)
+        logits, _ = self.model.module.apply({"params": params}, images, train=False)
         return jax.lax.stop_gradient(logits.astype(jnp.float32))
 
 

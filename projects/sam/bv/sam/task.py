@@ -33,6 +33,7 @@ import ml_collections
 
 from bv.core import registry
 from bv.core.config import ConfigError
+from bv.core.frozen import FrozenArrays
 from bv.core.tasks import Batch, Metrics, Params, StepInfo, Task, get_task
 from bv.core.tree import first_match, flatten_with_names
 from bv.sam.gradients import sam_grads
@@ -90,6 +91,9 @@ class SamTask(Task):
 
     def logical_axes(self, params: Params) -> Mapping[str, tuple[str | None, ...]] | None:
         return self.inner.logical_axes(params)
+
+    def frozen(self) -> FrozenArrays | None:  # a distillation teacher under SAM
+        return self.inner.frozen()
 
     def __getattr__(self, name: str) -> Any:  # the wrapped task's own attributes (model, teachers, ...)
         if name == "inner":
