@@ -282,6 +282,7 @@ def test_export_of_a_run_without_an_exportable_model_says_why(tmp_path: Path, ca
     cases = {
         "stage1": ({"task": "uvim_vqvae"}, "(task 'uvim_vqvae') names no config.model_name"),
         "stage2": ({"task": "uvim", "model_name": "uvim_vtt"}, "'uvim_vtt' cannot be exported as a Hub folder"),
+        "stage2_hint": ({"task": "uvim", "model_name": "uvim_vtt"}, "written by bv.uvim.save_uvim(workdir, folder)"),
     }
     for name, (config, message) in cases.items():
         workdir = tmp_path / name

@@ -27,7 +27,7 @@ from bv.core.tasks import get_task
 from bv.core.train_state import make_train_step
 from bv.core.tree import flatten_with_names
 from bv.uvim.configs import mnist
-from bv.uvim.stage2 import OracleMismatchError
+from bv.uvim.stage2 import OracleMismatchError, UvimTask
 
 STAGE1 = f"{mnist.__name__}:stage=1,runlocal"
 
@@ -142,3 +142,49 @@ def test_stage2_loss_is_finite_and_decreasing_and_the_oracle_stays_frozen(stage1
     # Predictions: greedy codes decoded by the oracle into an 11-class label map of the image's size.
     pred = jax.jit(task.predict_fns()["predict"])(state["params"], batch)["semantics"]
     assert pred.shape == (16, 28, 28) and 0 <= int(pred.min()) and int(pred.max()) < 11
+
+
+@pytest.fixture(scope="module")
+def stage2(stage1: Path) -> Path:
+    workdir = stage1.parent / "stage2"
+    config = _stage2_config(str(stage1))
+    with config.unlocked():
+        config.evals = {}
+    train.train(config, str(workdir))
+    return workdir
+
+
+def test_a_stage2_run_exports_as_a_hub_folder_that_predicts_as_the_run_does(stage2: Path, tmp_path: Path) -> None:
+    folder = bv.uvim.save_uvim(str(stage2), str(tmp_path / "uvim"))
+    model = bv.uvim.UvimModel.from_pretrained(folder)
+    stored = json.loads((tmp_path / "uvim" / "config.json").read_text())
+    assert stored["model_name"] == "uvim_vtt" and stored["extra"]["oracle"]["uvim"]["adapter"]
+    assert stored["model"]["vocab_size"] == 129 and stored["model"]["seq_len"] == 8  # derived from the oracle
+
+    # The folder's predictions are the run's own predict function on its last checkpoint, exactly.
+    task = get_task(_stage2_config(str(stage2.parent / "stage1")))
+    assert isinstance(task, UvimTask)
+    params = checkpoint.load_params(_latest(stage2))
+    batch = _batch(8)
+    want = jax.jit(task.predict_fns()["predict"])(params, batch)["semantics"]
+    got = model.predict(batch["image"])["semantics"]
+    np.testing.assert_array_equal(got, np.asarray(want))
+    np.testing.assert_array_equal(model.codes(batch["image"]), np.asarray(task.sample_codes(params, batch["image"])))
+    sampled = model.codes(batch["image"], temperature=1.0, top_k=5, rng=jax.random.PRNGKey(3))
+    assert sampled.shape == (8, 8) and 0 <= sampled.min() and sampled.max() < 128
+
+    # Saved again, loaded again: the same weights.
+    again = bv.uvim.UvimModel.from_pretrained(model.save_pretrained(str(tmp_path / "again")))
+    for (name, a), (_, b) in zip(flatten_with_names(model.params), flatten_with_names(again.params)):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_exporting_the_wrong_stage_is_a_clear_error(stage1: Path, stage2: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"not a stage-II 'uvim' run \(export a stage I with bv.uvim.save_stage1\)"):
+        bv.uvim.save_uvim(str(stage1), str(tmp_path / "x"))
+    with pytest.raises(ValueError, match="not a stage-I 'uvim_vqvae' run"):
+        bv.uvim.save_stage1(str(stage2), str(tmp_path / "y"))
+    folder = bv.uvim.save_stage1(str(stage1), str(tmp_path / "stage1"))
+    with pytest.raises(ValueError, match=r"holds a 'uvim_vqvae' model \(a stage I: load it into a stage-II run"):
+        bv.uvim.UvimModel.from_pretrained(folder)
+    assert not (tmp_path / "x").exists()

@@ -131,6 +131,7 @@ def _exportable_hub_class(workdir: str, config: ml_collections.ConfigDict) -> An
         raise ExportError(
             f"The run's model {name!r} cannot be exported as a Hub folder (its Hub support only loads weights "
             f"into training, through config.model_init); bv export writes these models: {exportable}."
+            + getattr(hub_cls, "export_hint", "")
         )
     return hub_cls
 

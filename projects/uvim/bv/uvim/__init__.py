@@ -10,6 +10,9 @@ Two tasks, no forked loop:
   decoder over the stage-I codes (:class:`VTT`), teacher-forced; greedy, temperature and
   top-k sampling under ``jit`` with a fixed-length cache (:mod:`bv.uvim.decode`).
 
+Hub folders: :func:`save_stage1` (stage I, for ``config.model_init``) and :func:`save_uvim`
+(stage II with its oracle), loaded for predictions by :class:`UvimModel`.
+
 Task adapters (:mod:`bv.uvim.adapters`): segmentation, panoptic, depth, colorization.
 With the train extra, importing the package also registers its pp ops
 (:mod:`bv.uvim.pp_ops`), evaluators (:mod:`bv.uvim.evaluators`) and the ``photos``
@@ -20,6 +23,7 @@ from bv.core import registry
 from bv.core.extras import has_train_extra
 from bv.uvim.baseline import DenseTask
 from bv.uvim.hub import UvimHub, save_stage1
+from bv.uvim.pretrained import UvimModel, save_uvim
 from bv.uvim.stage1 import VqvaeTask
 from bv.uvim.stage2 import UvimTask
 from bv.uvim.version import __version__
@@ -44,4 +48,15 @@ if "uvim_vqvae" not in registry.models:
 if has_train_extra():
     from bv.uvim import evaluators, photos, pp_ops  # noqa: F401  (registers them)
 
-__all__ = ["VQVAE", "VTT", "DenseTask", "UvimHub", "UvimTask", "VqvaeTask", "__version__", "save_stage1"]
+__all__ = [
+    "VQVAE",
+    "VTT",
+    "DenseTask",
+    "UvimHub",
+    "UvimModel",
+    "UvimTask",
+    "VqvaeTask",
+    "__version__",
+    "save_stage1",
+    "save_uvim",
+]

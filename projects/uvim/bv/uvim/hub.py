@@ -35,16 +35,7 @@ def save_stage1(source: str, folder: str) -> str:
     ckpt = bv_checkpoint_path(source)
     if ckpt is None:
         raise FileNotFoundError(f"{source!r} is not a bv workdir or checkpoint of a stage-I run.")
-    run_config_path = os.path.join(
-        (
-            source
-            if os.path.isdir(os.path.join(source, checkpoint.CHECKPOINTS_DIR))
-            else os.path.dirname(os.path.dirname(ckpt))
-        ),
-        "config.json",
-    )
-    with open(run_config_path) as f:
-        run_config = json.load(f)
+    run_config = run_config_of(source, ckpt)
     if run_config.get("task") != "uvim_vqvae":
         raise ValueError(f"{source!r} is a run of task {run_config.get('task')!r}, not a stage-I 'uvim_vqvae' run.")
     flat = {name: np.asarray(v) for name, v in flatten_with_names(checkpoint.load_params(ckpt))}
@@ -62,7 +53,19 @@ def save_stage1(source: str, folder: str) -> str:
     return folder
 
 
-def _local_folder(source: str, revision: str | None) -> str:
+def run_config_of(source: str, ckpt: str) -> dict[str, Any]:
+    """The ``config.json`` of the run that wrote ``ckpt`` (``source``: its workdir or the checkpoint itself)."""
+    workdir = (
+        source
+        if os.path.isdir(os.path.join(source, checkpoint.CHECKPOINTS_DIR))
+        else os.path.dirname(os.path.dirname(ckpt))
+    )
+    with open(os.path.join(workdir, "config.json")) as f:
+        return json.load(f)  # type: ignore[no-any-return]
+
+
+def local_folder(source: str, revision: str | None) -> str:
+    """``source`` itself when it is a folder, else the local snapshot of the Hub repo it names."""
     if os.path.isdir(source):
         return source
     from huggingface_hub import snapshot_download
@@ -72,6 +75,12 @@ def _local_folder(source: str, revision: str | None) -> str:
 
 class UvimHub:
     """The Hub class of ``uvim_vtt``: reads stage-I Hub folders into the ``oracle`` part (see the module docstring)."""
+
+    # bv export writes image models; it says this instead for a UViM run.
+    export_hint = (
+        " A UViM stage II is written by bv.uvim.save_uvim(workdir, folder) and loaded by"
+        " bv.uvim.UvimModel.from_pretrained(folder); a stage I by bv.uvim.save_stage1(workdir, folder)."
+    )
 
     @classmethod
     def adapt_param(cls, name: str, value: np.ndarray, shape: tuple[int, ...], config: HubConfig) -> None:
@@ -91,7 +100,7 @@ class UvimHub:
         what = f"config.model_init[{part!r}]={source!r}"
         if part != "oracle":
             raise ValueError(f"{what}: uvim_vtt loads Hub folders only into its 'oracle' (a stage-I model).")
-        folder = _local_folder(source, revision)
+        folder = local_folder(source, revision)
         stored = read_json(os.path.join(folder, CONFIG_FILE))
         if stored.get("model_name") != STAGE1_MODEL:
             raise ValueError(
