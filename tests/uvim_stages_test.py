@@ -180,7 +180,9 @@ def test_a_stage2_run_exports_as_a_hub_folder_that_predicts_as_the_run_does(stag
 
 
 def test_exporting_the_wrong_stage_is_a_clear_error(stage1: Path, stage2: Path, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match=r"not a stage-II 'uvim' run \(export a stage I with bv.uvim.save_stage1\)"):
+    with pytest.raises(
+        ValueError, match=r"not a stage-II 'uvim' run \(export a stage-I run with bv.uvim.save_stage1\)"
+    ):
         bv.uvim.save_uvim(str(stage1), str(tmp_path / "x"))
     with pytest.raises(ValueError, match="not a stage-I 'uvim_vqvae' run"):
         bv.uvim.save_stage1(str(stage2), str(tmp_path / "y"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from typing import Any, Sequence
 
 import numpy as np
@@ -32,15 +33,7 @@ STAGE1_MODEL = "uvim_vqvae"
 
 def save_stage1(source: str, folder: str) -> str:
     """Writes the stage-I run ``source`` (a workdir or checkpoint) as a Hub folder; returns ``folder``."""
-    ckpt = bv_checkpoint_path(source)
-    if ckpt is None:
-        raise FileNotFoundError(f"{source!r} is not a bv workdir or checkpoint of a stage-I run.")
-    run_config = run_config_of(source, ckpt)
-    if run_config.get("task") != "uvim_vqvae":
-        raise ValueError(f"{source!r} is a run of task {run_config.get('task')!r}, not a stage-I 'uvim_vqvae' run.")
-    flat = {name: np.asarray(v) for name, v in flatten_with_names(checkpoint.load_params(ckpt))}
-    os.makedirs(folder, exist_ok=True)
-    files = write_weights(folder, flat)
+    ckpt, run_config = read_run(source, "uvim_vqvae")
     config = HubConfig(
         model_name=STAGE1_MODEL,
         model=run_config.get("model", {}),
@@ -48,20 +41,44 @@ def save_stage1(source: str, folder: str) -> str:
         version=__version__,
         extra={"uvim": run_config.get("uvim", {}), "source": os.path.abspath(source)},
     )
-    sha = {file: file_sha256(os.path.join(folder, file)) for file in files if file.endswith(".safetensors")}
-    write_config(os.path.join(folder, CONFIG_FILE), config, weights_sha256=sha)
-    return folder
+    return write_folder(folder, config, checkpoint.load_params(ckpt))
 
 
-def run_config_of(source: str, ckpt: str) -> dict[str, Any]:
-    """The ``config.json`` of the run that wrote ``ckpt`` (``source``: its workdir or the checkpoint itself)."""
+_EXPORTERS = {"uvim_vqvae": ("stage-I", "save_stage1"), "uvim": ("stage-II", "save_uvim")}
+
+
+def read_run(source: str, task: str) -> tuple[str, dict[str, Any]]:
+    """(the checkpoint, the run's config) of ``source`` (a workdir or checkpoint), a run of ``task``."""
+    stage, _ = _EXPORTERS[task]
+    ckpt = bv_checkpoint_path(source)
+    if ckpt is None:
+        raise FileNotFoundError(f"{source!r} is not a bv workdir or checkpoint of a {stage} run.")
     workdir = (
         source
         if os.path.isdir(os.path.join(source, checkpoint.CHECKPOINTS_DIR))
         else os.path.dirname(os.path.dirname(ckpt))
     )
     with open(os.path.join(workdir, "config.json")) as f:
-        return json.load(f)  # type: ignore[no-any-return]
+        run_config: dict[str, Any] = json.load(f)
+    found = run_config.get("task")
+    if found != task:
+        other = _EXPORTERS.get(str(found))
+        hint = f" (export a {other[0]} run with bv.uvim.{other[1]})" if other else ""
+        raise ValueError(f"{source!r} is a run of task {found!r}, not a {stage} {task!r} run{hint}.")
+    return ckpt, run_config
+
+
+def write_folder(folder: str, config: HubConfig, params: Any) -> str:
+    """``config.json`` and the flat weights of ``params`` in ``folder``, moved in only once all are written."""
+    flat = {name: np.asarray(v) for name, v in flatten_with_names(params)}
+    os.makedirs(folder, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bv-save-", dir=folder) as tmp:
+        written = write_weights(tmp, flat)
+        sha = {f: file_sha256(os.path.join(tmp, f)) for f in written if f.endswith(".safetensors")}
+        write_config(os.path.join(tmp, CONFIG_FILE), config, weights_sha256=sha)
+        for name in [*written, CONFIG_FILE]:
+            os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+    return folder
 
 
 def local_folder(source: str, revision: str | None) -> str:

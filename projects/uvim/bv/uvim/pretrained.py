@@ -13,7 +13,6 @@ predictions (a label map, depth, colours), from images preprocessed as in traini
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import jax
@@ -22,12 +21,11 @@ import ml_collections
 import numpy as np
 
 from bv.core import checkpoint
-from bv.core.hub.config import CONFIG_FILE, WEIGHTS_SHA256, ConfigFormatError, HubConfig, read_json, write_config
-from bv.core.hub.weights import file_sha256, read_weights, write_weights
-from bv.core.model_init import bv_checkpoint_path
-from bv.core.tree import flatten_with_names, unflatten
+from bv.core.hub.config import CONFIG_FILE, WEIGHTS_SHA256, ConfigFormatError, HubConfig, read_json
+from bv.core.hub.weights import read_weights
+from bv.core.tree import unflatten
 from bv.uvim import decode
-from bv.uvim.hub import local_folder, run_config_of
+from bv.uvim.hub import local_folder, read_run, write_folder
 from bv.uvim.stage1 import Stage1Model, build
 from bv.uvim.stage2 import ORACLE, lm_kwargs
 from bv.uvim.version import __version__
@@ -124,28 +122,12 @@ class UvimModel:
 
     def save_pretrained(self, folder: str) -> str:
         """Writes ``config.json`` and the weights into ``folder``; files are moved in only once all are written."""
-        os.makedirs(folder, exist_ok=True)
-        flat = {name: np.asarray(v) for name, v in flatten_with_names(self.params)}
-        with tempfile.TemporaryDirectory(prefix=".bv-save-", dir=folder) as tmp:
-            written = write_weights(tmp, flat)
-            sha = {f: file_sha256(os.path.join(tmp, f)) for f in written if f.endswith(".safetensors")}
-            write_config(os.path.join(tmp, CONFIG_FILE), self.config, weights_sha256=sha)
-            for name in [*written, CONFIG_FILE]:
-                os.replace(os.path.join(tmp, name), os.path.join(folder, name))
-        return folder
+        return write_folder(folder, self.config, self.params)
 
 
 def save_uvim(source: str, folder: str) -> str:
     """Writes the stage-II run ``source`` (a workdir or checkpoint) as a Hub folder; returns ``folder``."""
-    ckpt = bv_checkpoint_path(source)
-    if ckpt is None:
-        raise FileNotFoundError(f"{source!r} is not a bv workdir or checkpoint of a stage-II run.")
-    run_config = run_config_of(source, ckpt)
-    if run_config.get("task") != "uvim":
-        raise ValueError(
-            f"{source!r} is a run of task {run_config.get('task')!r}, not a stage-II 'uvim' run"
-            + (" (export a stage I with bv.uvim.save_stage1)." if run_config.get("task") == "uvim_vqvae" else ".")
-        )
+    ckpt, run_config = read_run(source, "uvim")
     oracle = dict(run_config.get("oracle") or {})
     uvim = dict(run_config.get("uvim") or {})
     config = HubConfig(
