@@ -116,7 +116,8 @@ class CheckpointWriter:
             raise ValueError(f"keep_last must be at least 1 (the checkpoint just written), got {keep_last}.")
         if keep_every is not None and keep_every < 1:
             raise ValueError(f"keep_every must be a positive number of steps or None, got {keep_every}.")
-        self.ckpt_dir = os.path.join(workdir, CHECKPOINTS_DIR)
+        # Orbax refuses relative paths, and users pass them (--workdir runs/vit_mnist).
+        self.ckpt_dir = os.path.join(os.path.abspath(workdir), CHECKPOINTS_DIR)
         self.keep_last, self.keep_every, self.asynchronous = keep_last, keep_every, asynchronous
         self._pending: _Pending | None = None
         self._writing_step = -1
@@ -511,7 +512,7 @@ def _read_arrays(path: str, targets: list[tuple[str, _Target]], *, partial: bool
     }
     try:
         with ocp.Checkpointer(_handler()) as reader:
-            restored = reader.restore(path, args=ocp.args.Composite(**args))
+            restored = reader.restore(os.path.abspath(path), args=ocp.args.Composite(**args))
     except Exception as e:  # tensorstore, Orbax and OS errors: all mean the files are not what was written
         raise CheckpointReadError(_damaged_message(path, e)) from e
     out = {}

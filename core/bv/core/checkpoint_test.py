@@ -128,6 +128,21 @@ def test_round_trip_is_bitwise_with_the_same_structure(tmp_path):
     assert restored["opt"]["chain"][1].mu["enc"]["w"].dtype == jnp.bfloat16
 
 
+def test_a_relative_workdir_saves_and_restores(tmp_path, monkeypatch):
+    # Users write --workdir runs/vit_mnist; Orbax itself accepts absolute paths only.
+    monkeypatch.chdir(tmp_path)
+    state = _state()
+    with checkpoint.CheckpointWriter(os.path.join("runs", "x")) as writer:
+        writer.save(2, state)
+    path = checkpoint.latest(os.path.join("runs", "x"))
+    assert path is not None and os.path.samefile(path, tmp_path / "runs" / "x" / "checkpoints" / "ckpt-000000002")
+    restored, metadata = checkpoint.restore(os.path.relpath(path), _shapes(state))
+    _assert_bitwise_equal(restored, state)
+    assert metadata["step"] == 2
+    resumed = checkpoint.restore_latest(os.path.join("runs", "x"), state)
+    assert resumed is not None and resumed[1]["step"] == 2
+
+
 def test_numpy_and_python_leaves_keep_their_kind(tmp_path):
     state = {"a": np.arange(3, dtype=np.int16), "n": 5, "x": 0.25, "flag": True, "s": np.float32(2.5)}
     path = checkpoint.save(str(tmp_path), 0, state)
