@@ -27,7 +27,7 @@ from bv.core.tree import unflatten
 from bv.uvim import decode
 from bv.uvim.hub import local_folder, read_run, write_folder
 from bv.uvim.stage1 import Stage1Model, build
-from bv.uvim.stage2 import ORACLE, lm_kwargs
+from bv.uvim.stage2 import ORACLE, draw_codes, lm_kwargs, split
 from bv.uvim.version import __version__
 from bv.uvim.vtt import VTT
 
@@ -56,11 +56,9 @@ class UvimModel:
     def _predict_fn(
         self, params: Any, images: jax.Array, rng: jax.Array, options: decode.SamplingOptions
     ) -> tuple[jax.Array, dict[str, jax.Array]]:
-        lm = {k: v for k, v in params.items() if k != ORACLE}
-        tokens, _ = decode.sample(self.lm, lm, images, rng, options)
-        codes = tokens - 1  # token 0 only starts a sequence; codes are 0..dict_size-1 as stage I numbers them
-        logits = self.oracle.decode_codes(params[ORACLE], codes, self.oracle.ctx({"image": images}))
-        return codes, self.adapter.predict(logits)
+        lm, oracle = split(params)
+        codes = draw_codes(self.lm, lm, images, rng, options)
+        return codes, self.oracle.predict_codes(oracle, codes, {"image": images})
 
     def _run(
         self, images: Any, rng: jax.Array | None, temperature: float | None, top_k: int | None

@@ -147,6 +147,10 @@ class Stage1Model:
         logits, _ = self.model.apply(self.variables(params), codes, ctx=ctx, discrete_input=True, method=VQVAE.decode)
         return logits  # type: ignore[no-any-return,return-value]
 
+    def predict_codes(self, params: Params, codes: jax.Array, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+        """The adapter's predictions (a label map, depth, colours) from ``codes``, guided by ``batch``'s image."""
+        return self.adapter.predict(self.decode_codes(params, codes, self.ctx(batch)))
+
     def init(self, rng: jax.Array, batch_spec: Mapping[str, jax.ShapeDtypeStruct], where: str) -> Params:
         labels_spec = batch_spec.get("labels")
         if labels_spec is None:

@@ -114,6 +114,18 @@ def lm_kwargs(config: ml_collections.ConfigDict, oracle_model: Mapping[str, Any]
     return kw
 
 
+def split(params: Params) -> tuple[Params, Params]:
+    """(the language model's params, the oracle's) of stage II's params."""
+    lm = {k: v for k, v in params.items() if k != ORACLE}
+    return lm, params[ORACLE]
+
+
+def draw_codes(model: VTT, lm: Params, images: jax.Array, rng: jax.Array, options: decode.SamplingOptions) -> jax.Array:
+    """Codes ``0..dict_size-1`` [B, code_len] (as stage I numbers them) drawn by the language model."""
+    tokens, _ = decode.sample(model, lm, images, rng, options)
+    return tokens - 1  # token 0 only starts a sequence
+
+
 @registry.tasks.register("uvim")
 class UvimTask(Task):
     """Stage II; see the module docstring."""
@@ -164,8 +176,7 @@ class UvimTask(Task):
 
     @staticmethod
     def split(params: Params) -> tuple[Params, Params]:
-        lm = {k: v for k, v in params.items() if k != ORACLE}
-        return lm, params[ORACLE]
+        return split(params)
 
     # -- training ----------------------------------------------------------------------------------------------
     def targets(self, oracle: Params, batch: Batch) -> jax.Array:
@@ -214,19 +225,16 @@ class UvimTask(Task):
         self.adapter.check_image(images.shape, "uvim predict")
         lm, _ = self.split(params)
         rng = jax.random.PRNGKey(0) if rng is None else rng
-        tokens, _ = decode.sample(self.model, lm, images, rng, options or self.sampling)
-        return tokens - 1
+        return draw_codes(self.model, lm, images, rng, options or self.sampling)
 
     def predict_fns(self) -> dict[str, Callable[..., Any]]:
         def predict(params: Params, batch: Batch) -> dict[str, jax.Array]:
             codes = self.sample_codes(params, batch["image"])
-            logits = self.oracle.decode_codes(params[ORACLE], codes, self.oracle.ctx(batch))
-            return self.adapter.predict(logits)
+            return self.oracle.predict_codes(params[ORACLE], codes, batch)
 
         def oracle(params: Params, batch: Batch) -> dict[str, jax.Array]:
             codes = self.targets(params[ORACLE], batch) - 1
-            logits = self.oracle.decode_codes(params[ORACLE], codes, self.oracle.ctx(batch))
-            return self.adapter.predict(logits)
+            return self.oracle.predict_codes(params[ORACLE], codes, batch)
 
         def code_nll(params: Params, batch: Batch) -> dict[str, jax.Array]:
             lm, orc = self.split(params)
