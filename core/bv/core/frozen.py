@@ -78,34 +78,27 @@ class FrozenArrays:
 
 
 class FrozenJit:
-    """A function compiled by :meth:`FrozenArrays.jit`: called (and lowered) with the caller's arguments only."""
+    """A function compiled by :meth:`FrozenArrays.jit`, or its lowered or compiled stage.
 
-    def __init__(self, compiled: Any, frozen: FrozenArrays):
-        self._compiled = compiled
-        self._frozen = frozen
-
-    def __call__(self, *args: Any) -> Any:
-        return self._compiled(self._frozen.arrays, *args)
-
-    def lower(self, *args: Any) -> _Staged:
-        """Ahead-of-time lowering (``.as_text()``, ``.compile()``), as ``jax.jit(fn).lower(*args)``."""
-        return _Staged(self._compiled.lower(self._frozen.arrays, *args), self._frozen)
-
-
-class _Staged:
-    """A lowered or compiled :class:`FrozenJit`; calling a compiled one passes the frozen arrays first."""
+    Called (and lowered) with the caller's arguments only: the frozen arrays go in first.
+    Other attributes are the stage's own (``as_text``, ``cost_analysis``, ...).
+    """
 
     def __init__(self, staged: Any, frozen: FrozenArrays):
         self._staged = staged
         self._frozen = frozen
 
-    def compile(self) -> _Staged:
-        return _Staged(self._staged.compile(), self._frozen)
-
     def __call__(self, *args: Any) -> Any:
         return self._staged(self._frozen.arrays, *args)
 
-    def __getattr__(self, name: str) -> Any:  # as_text, cost_analysis, memory_analysis, ...
+    def lower(self, *args: Any) -> FrozenJit:
+        """Ahead-of-time lowering, as ``jax.jit(fn).lower(*args)``."""
+        return FrozenJit(self._staged.lower(self._frozen.arrays, *args), self._frozen)
+
+    def compile(self) -> FrozenJit:
+        return FrozenJit(self._staged.compile(), self._frozen)
+
+    def __getattr__(self, name: str) -> Any:
         if name in ("_staged", "_frozen"):
             raise AttributeError(name)
         return getattr(self._staged, name)

@@ -10,9 +10,9 @@ of its size (width 32, 2 layers). ``mode=distill`` (the default) trains it by fu
 matching: teacher and student see the same randomly cropped images, mixed by mixup with
 a uniform coefficient (``config.mixup``, applied once by the trainer), and the student
 minimises KL(teacher || student). ``mode=labels`` trains the same student on the labels
-with the teacher's own recipe (its affine warps, crops and label smoothing; no mixup), the baseline. ``epochs`` sets the length:
-the paper's point is that function matching needs a long ("patient") schedule to overtake
-label training. Both report test accuracy and the ``distance`` to the teacher (agreement,
+with the teacher's own recipe (its affine warps, crops and label smoothing; no mixup), the
+baseline. ``epochs`` sets the length: the paper's point is that function matching needs a
+long ("patient") schedule to overtake label training. Both report test accuracy and the ``distance`` to the teacher (agreement,
 KL). Measured figures: the bv-distill README. Arguments: ``teacher``, ``mode``, ``epochs``,
 ``runlocal`` (a few steps, for smoke tests).
 """
